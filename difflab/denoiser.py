@@ -1,0 +1,108 @@
+"""One denoiser view of every Gaussian diffusion model (seed 003's unified perspective).
+
+A `Denoiser` is a function (x_t, alpha_bar) -> prediction together with the schedule
+it was trained on. Whatever the network predicts (eps, x0 or v), the denoiser hands
+samplers, guidance and likelihoods every other quantity:
+
+    x0    = (x_t - sqrt(1 - ab) eps) / sqrt(ab)              Tweedie's formula
+    score = -eps / sqrt(1 - ab)
+    v     = sqrt(ab) eps - sqrt(1 - ab) x0
+
+Networks never see a schedule: they are conditioned on `noise_level_input(alpha_bar)`,
+a fixed function of the log-SNR, so a model can be sampled on any time grid.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from . import gaussian as G
+from .schedules import Schedule
+
+__all__ = ["Denoiser", "noise_level_input", "PARAMETERIZATIONS"]
+
+PARAMETERIZATIONS = ("eps", "x0", "v")
+
+
+def noise_level_input(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The scalar a network is conditioned on: c = 25 (20 - clamp(log SNR, -20, 20)), in [0, 1000].
+
+    (N,) float alpha_bar -> (N,) float32. Monotone in the noise level, schedule-free."""
+    ab = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    log_snr = torch.log(ab) - torch.log1p(-ab)
+    return (25.0 * (20.0 - log_snr.clamp(-20.0, 20.0))).float()
+
+
+class Denoiser:
+    """A model of E[eps | x_t] (or x0, v) at noise level alpha_bar.
+
+    Args:
+        fn: (x_t (N, ...), alpha_bar (N,) float64) -> prediction (N, ...).
+        schedule: the discrete schedule the model lives on; samplers take their grid from it.
+        parameterization: what fn predicts: "eps", "x0" or "v".
+        clip: optional (lo, hi) range that predicted x0 is clipped to (images: (-1, 1)).
+
+    Attribute `nfe` counts calls of fn (reset it with `denoiser.nfe = 0`).
+    """
+
+    def __init__(self, fn: Callable, schedule: Schedule, parameterization: str = "eps",
+                 clip: tuple[float, float] | None = None):
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+        self.fn = fn
+        self.schedule = schedule
+        self.parameterization = parameterization
+        self.clip = clip
+        self.nfe = 0
+
+    @classmethod
+    def from_eps(cls, fn: Callable, schedule: Schedule, clip=None) -> "Denoiser":
+        """Wrap an outside eps-predictor fn(x_t (N, ...), alpha_bar (N,)) -> eps (N, ...)."""
+        return cls(fn, schedule, "eps", clip)
+
+    @classmethod
+    def from_network(cls, net: torch.nn.Module, schedule: Schedule, parameterization: str = "eps",
+                     clip=None, labels: torch.Tensor | None = None) -> "Denoiser":
+        """Wrap a difflab network net(x, c[, y]) conditioned on noise_level_input(alpha_bar)."""
+        def fn(x, alpha_bar):
+            c = noise_level_input(alpha_bar).to(x.device)
+            out = net(x, c) if labels is None else net(x, c, labels)
+            return out.to(x.dtype)
+        return cls(fn, schedule, parameterization, clip)
+
+    # ---- predictions ----------------------------------------------------------------------
+    def _raw(self, x, alpha_bar):
+        alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).reshape(-1).expand(x.shape[0])
+        self.nfe += 1
+        return self.fn(x, alpha_bar), alpha_bar
+
+    def predict(self, x: torch.Tensor, alpha_bar) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, eps), both (N, ...), consistent with each other after optional clipping."""
+        out, ab = self._raw(x, alpha_bar)
+        if self.parameterization == "eps":
+            eps, x0 = out, G.x0_from_eps(x, out, ab)
+        elif self.parameterization == "x0":
+            x0, eps = out, G.eps_from_x0(x, out, ab)
+        else:  # v: x0 = sqrt(ab) x_t - sqrt(1-ab) v ; eps = sqrt(1-ab) x_t + sqrt(ab) v
+            a, s = G.expand(ab, x).sqrt(), (1 - G.expand(ab, x)).sqrt()
+            x0, eps = a * x - s * out, s * x + a * out
+        if self.clip is not None:
+            x0 = x0.clamp(*self.clip)
+            eps = G.eps_from_x0(x, x0, ab)
+        return x0, eps
+
+    def eps(self, x, alpha_bar):
+        return self.predict(x, alpha_bar)[1]
+
+    def x0(self, x, alpha_bar):
+        return self.predict(x, alpha_bar)[0]
+
+    def score(self, x, alpha_bar):
+        """grad_x log p(x_t) at noise level alpha_bar."""
+        ab = torch.as_tensor(alpha_bar, dtype=torch.float64).reshape(-1).expand(x.shape[0])
+        return G.score_from_eps(self.eps(x, ab), ab)
+
+    def v(self, x, alpha_bar):
+        x0, eps = self.predict(x, alpha_bar)
+        return G.v_from_eps_x0(eps, x0, torch.as_tensor(alpha_bar, dtype=torch.float64).reshape(-1).expand(x.shape[0]))
