@@ -1,0 +1,124 @@
+"""The command line: bad input gives one line on stderr, exit 2, and loses nothing; good input works."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from difflab.cli import main
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "toy"
+    assert main(["train", "--data", "toy:moons", "--out", str(run), "--steps", "30", "--batch-size", "64",
+                 "--quiet"]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "digits"
+    cfg = run.parent / "tiny.toml"
+    cfg.write_text('data = "digits"\nnet = "unet"\nbatch_size = 32\nsteps = 3\n'
+                   '[net_config]\nbase_channels = 16\nchannel_mult = [1, 2]\nnum_res_blocks = 1\n'
+                   'attention_resolutions = [4]\n')
+    assert main(["train", "--config", str(cfg), "--out", str(run), "--quiet", "--T", "50"]) == 0
+    return run
+
+
+def test_python_dash_m_and_help():
+    r = subprocess.run([sys.executable, "-m", "difflab", "--help"], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0 and "train" in r.stdout and "sample" in r.stdout and "demo" in r.stdout
+
+
+def test_sample_writes_npz_and_grid_and_is_reproducible(digits_run, tmp_path, capsys):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    for out in (a, b):
+        assert main(["sample", "--checkpoint", str(digits_run), "--n", "7", "--seed", "4", "--out", str(out),
+                     "--quiet"]) == 0
+    x = np.load(a)["samples"]
+    assert x.shape == (7, 1, 8, 8) and x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
+    assert np.array_equal(x, np.load(b)["samples"])
+    assert a.with_suffix(".png").stat().st_size > 0
+    c = tmp_path / "c.npz"
+    main(["sample", "--checkpoint", str(digits_run), "--n", "7", "--seed", "5", "--out", str(c), "--quiet"])
+    assert not np.array_equal(x, np.load(c)["samples"])
+
+
+def test_vector_samples_are_in_data_units(toy_run, tmp_path):
+    out = tmp_path / "t.npz"
+    assert main(["sample", "--checkpoint", str(toy_run), "--n", "300", "--out", str(out), "--nfe", "100",
+                 "--quiet"]) == 0
+    x = np.load(out)["samples"]
+    assert x.shape == (300, 2) and np.isfinite(x).all()
+
+
+BAD = [
+    (["train", "--data", "nosuch", "--out", "{tmp}/r", "--steps", "1"], "nosuch"),
+    (["train", "--data", "toy:nosuch", "--out", "{tmp}/r", "--steps", "1"], "nosuch"),
+    (["train", "--data", "{tmp}/missing.npy", "--out", "{tmp}/r", "--steps", "1"], "missing"),
+    (["train", "--data", "{tmp}/nan.npy", "--out", "{tmp}/r", "--steps", "1"], "nan"),
+    (["train", "--data", "{tmp}/garbage.npy", "--out", "{tmp}/r", "--steps", "1"], "garbage"),
+    (["train", "--data", "toy:moons", "--out", "{tmp}/r", "--steps", "0"], "--steps"),
+    (["train", "--data", "toy:moons", "--out", "{tmp}/r", "--steps", "-3"], "--steps"),
+    (["train", "--data", "toy:moons", "--out", "{tmp}/r", "--steps", "2", "--schedule", "zigzag"], "zigzag"),
+    (["train", "--data", "toy:moons", "--out", "{tmp}/r", "--steps", "2", "--config", "{tmp}/nope.toml"], "nope"),
+    (["train", "--data", "toy:moons", "--out", "{tmp}/r", "--steps", "2", "--config", "{tmp}/bad.toml"], "TOML"),
+    (["train", "--data", "toy:moons", "--out", "/proc/nope/r", "--steps", "2"], "cannot write"),
+    (["sample", "--checkpoint", "{tmp}/nothing", "--out", "{tmp}/s.npz"], "no checkpoint"),
+    (["sample", "--checkpoint", "{tmp}/corrupt.safetensors", "--out", "{tmp}/s.npz"], "corrupt"),
+    (["sample", "--checkpoint", "{run}", "--out", "{tmp}/s.npz", "--n", "0"], "--n"),
+    (["sample", "--checkpoint", "{run}", "--out", "{tmp}/s.npz", "--sampler", "magic"], "magic"),
+    (["sample", "--checkpoint", "{run}", "--out", "{tmp}/s.npz", "--nfe", "5000"], "nfe"),
+    (["sample", "--checkpoint", "{run}", "--out", "/proc/nope/s.npz"], "cannot write"),
+    (["frobnicate"], "frobnicate"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD)
+def test_bad_input_one_line_exit_2(args, needle, tmp_path, toy_run, capsys):
+    np.save(tmp_path / "nan.npy", np.array([[np.nan, 1.0]] * 10))
+    (tmp_path / "garbage.npy").write_bytes(b"this is not an array")
+    (tmp_path / "bad.toml").write_text("steps = = 3")
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    args = [a.format(tmp=tmp_path, run=toy_run) for a in args]
+    code, err = run_cli(capsys, *args)
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("difflab: error:") and needle.lower() in lines[0].lower(), lines[0]
+    assert "Traceback" not in err
+
+
+def test_truncated_checkpoint_is_refused_and_run_folder_not_overwritten(toy_run, tmp_path, capsys):
+    bad = tmp_path / "trunc"
+    bad.mkdir()
+    data = (toy_run / "checkpoint.safetensors").read_bytes()
+    (bad / "checkpoint.safetensors").write_bytes(data[: len(data) // 2])
+    code, err = run_cli(capsys, "sample", "--checkpoint", str(bad), "--out", str(tmp_path / "s.npz"))
+    assert code == 2 and "corrupt" in err
+    before = (toy_run / "checkpoint.safetensors").read_bytes()
+    code, err = run_cli(capsys, "train", "--data", "toy:moons", "--out", str(toy_run), "--steps", "3")
+    assert code == 2 and "--resume" in err
+    assert (toy_run / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_checkpoint_of_another_model_is_refused(toy_run, digits_run, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    mixed = tmp_path / "mixed.safetensors"
+    with safe_open(str(digits_run / "checkpoint.safetensors"), "pt") as f:
+        meta = f.metadata()
+    save_file(load_file(str(toy_run / "checkpoint.safetensors")), str(mixed), metadata=meta)
+    code, err = run_cli(capsys, "sample", "--checkpoint", str(mixed), "--out", str(tmp_path / "s.npz"))
+    assert code == 2 and "does not fit" in err
