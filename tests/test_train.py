@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,7 +88,8 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
     train(part, tmp_path / "run", progress=False, stop_flag=stop_after_a_while)
     assert ckpt.load(tmp_path / "run")[1]["step"] == 23
     train(load_config("toy"), tmp_path / "run", resume=True, progress=False, overrides={"steps": 40})
-    a, b = load_file(str(tmp_path / "ref" / ckpt.CHECKPOINT_NAME)), load_file(str(tmp_path / "run" / ckpt.CHECKPOINT_NAME))
+    a = load_file(str(tmp_path / "ref" / ckpt.CHECKPOINT_NAME))
+    b = load_file(str(tmp_path / "run" / ckpt.CHECKPOINT_NAME))
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
