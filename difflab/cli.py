@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train on the digits, sample and draw the pictures (about 10 minutes)")
     d.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    d.add_argument("--minutes", type=_positive_float("--minutes"), default=8.0,
-                   help="training minutes (default 8)")
+    d.add_argument("--minutes", type=_positive_float("--minutes"), default=9.5,
+                   help="wall-clock budget in all (default 9.5: ~8 training, ~1 sampling)")
     d.add_argument("--n", type=_positive_int("--n"), default=1000, help="samples to draw (default 1000)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true")
@@ -127,8 +127,9 @@ def cmd_sample(a) -> int:
     if a.eta is not None:
         opts["eta"] = a.eta
     with torch.inference_mode():
-        x, _ = generate(cfg, den, a.n, a.seed, a.batch_size, a.sampler, a.nfe, a.device, not a.quiet, **opts)
-    save_npz(out, x)
+        x, _, labels = generate(cfg, den, a.n, a.seed, a.batch_size, a.sampler, a.nfe, a.device, not a.quiet,
+                                **opts)
+    save_npz(out, x, labels)
     png = out.with_suffix(".png")
     if cfg.data_kind == "image":
         save_grid(x[:256], png)

@@ -13,7 +13,7 @@ a fixed function of the log-SNR, so a model can be sampled on any time grid.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -57,19 +57,25 @@ class Denoiser:
         self.nfe = 0
 
     @classmethod
-    def from_eps(cls, fn: Callable, schedule: Schedule, clip=None) -> "Denoiser":
+    def from_eps(cls, fn: Callable, schedule: Schedule, clip=None) -> Denoiser:
         """Wrap an outside eps-predictor fn(x_t (N, ...), alpha_bar (N,)) -> eps (N, ...)."""
         return cls(fn, schedule, "eps", clip)
 
     @classmethod
     def from_network(cls, net: torch.nn.Module, schedule: Schedule, parameterization: str = "eps",
                      clip=None, labels: torch.Tensor | None = None) -> "Denoiser":
-        """Wrap a difflab network net(x, c[, y]) conditioned on noise_level_input(alpha_bar)."""
+        """Wrap a difflab network net(x, c[, y]) conditioned on noise_level_input(alpha_bar).
+
+        For class-conditional nets, set `denoiser.labels` ((N,) int64, -1 = unconditional) before sampling."""
+        den = cls(None, schedule, parameterization, clip)
+        den.labels = labels
+
         def fn(x, alpha_bar):
             c = noise_level_input(alpha_bar).to(x.device)
-            out = net(x, c) if labels is None else net(x, c, labels)
+            out = net(x, c) if den.labels is None else net(x, c, den.labels)
             return out.to(x.dtype)
-        return cls(fn, schedule, parameterization, clip)
+        den.fn = fn
+        return den
 
     # ---- predictions ----------------------------------------------------------------------
     def _raw(self, x, alpha_bar):

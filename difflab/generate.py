@@ -21,9 +21,10 @@ __all__ = ["generate", "save_npz", "check_writable"]
 
 def generate(cfg: Config, den: Denoiser, n: int, seed: int = 0, batch_size: int = 500, sampler: str | None = None,
              nfe: int | None = None, device="cpu", progress: bool = True, trajectory_every: int = 0,
-             **options) -> tuple[torch.Tensor, list]:
-    """n samples in data units (images (n, C, H, W) in [0, 1]; vectors (n, D)), and the reverse-process
-    frames of the first batch every `trajectory_every` steps (list of (B, ...) tensors, x_T first).
+             **options) -> tuple[torch.Tensor, list, torch.Tensor | None]:
+    """n samples in data units (images (n, C, H, W) in [0, 1]; vectors (n, D)), the reverse-process
+    frames of the first batch every `trajectory_every` steps (list of (B, ...) tensors, x_T first),
+    and the class labels (n,) for conditional runs (None otherwise).
 
     Batch b draws its noise from a generator seeded (seed, b): the same seed and batch size give
     the same samples."""
@@ -47,6 +48,8 @@ def generate(cfg: Config, den: Denoiser, n: int, seed: int = 0, batch_size: int 
         g = torch.Generator(device).manual_seed(seed * 1_000_003 + b)
         noise = torch.randn((m, *shape), generator=g, device=device)
         traj = [] if (b == 0 and trajectory_every) else None
+        if cfg.conditional:  # classes in turn 0, 1, ..., K-1, 0, ... (written as `labels`)
+            den.labels = torch.arange(b * batch_size, b * batch_size + m, device=device) % cfg.num_classes
         x = sample(den, noise, sampler, nfe=nfe, generator=g, progress=lambda: bar.update(1),
                    trajectory=traj, **options)
         if traj is not None:
@@ -56,7 +59,8 @@ def generate(cfg: Config, den: Denoiser, n: int, seed: int = 0, batch_size: int 
                 frames.append(to_data_units(traj[-1], cfg))
         out.append(to_data_units(x, cfg).cpu())
     bar.close()
-    return torch.cat(out), frames
+    labels = torch.arange(n) % cfg.num_classes if cfg.conditional else None
+    return torch.cat(out), frames, labels
 
 
 def check_writable(path) -> Path:

@@ -31,7 +31,7 @@ def build_net(cfg: Config) -> torch.nn.Module:
     if cfg.net == "unet":
         if cfg.data_kind != "image":
             raise UserError(f"net unet needs image data but '{cfg.data}' is vector data; use --net mlp")
-        return nets.build("unet", in_channels=shape[0], num_classes=classes, **kw)
+        return nets.build("unet", in_channels=shape[0], num_classes=classes, image_size=shape[-1], **kw)
     if cfg.data_kind != "vector":
         raise UserError(f"net mlp needs vector data but '{cfg.data}' holds images; use --net unet")
     return nets.build("mlp", dim=shape[0], num_classes=classes, **kw)

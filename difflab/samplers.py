@@ -1,22 +1,44 @@
-"""Samplers: each a short function (denoiser, x_T, time grid, generator) -> x_0.
+"""Samplers: each a short function (denoiser, x_T, time grid, generator, **options) -> x_0.
 
-`sample(denoiser, noise, sampler=NAME, nfe=K, generator=g, **options)` is the one entry
-point; `NAMES` lists what exists. A time grid is a descending float64 tensor of
-alpha_bar values taken from the denoiser's schedule, ending at alpha_bar = 1 (clean data).
-`nfe` is the number of denoiser calls, whatever the sampler's order.
+`sample(denoiser, noise, sampler=NAME, nfe=K, generator=g, **options)` is the one entry point; `NAMES`
+lists what exists. `nfe` is the number of calls of the denoiser's function, whatever the sampler's
+order (the adaptive `ode` sampler alone decides its own count). The time grid is part of the sampler:
+`sample` builds it from the denoiser's schedule (`make_grid`, each sampler with its own default kind),
+or takes `grid=` (a kind from `GRIDS`, a callable (schedule, n) -> alpha_bars, integer steps in 1..T
+for timestep respacing, or explicit alpha_bar values).
+
+A grid is an increasing float64 tensor of alpha_bar values (noise decreasing): n levels inside the
+schedule's range [ab_T, ab_1] where the denoiser is called, then 1.0 (clean data). Every denoiser call
+happens at a level in [ab_T, ab_1]. How a sampler takes its last step to ab = 1 is part of it:
+    posterior mean / DDIM's x0 prediction at the last level (ancestral, ddim, reverse SDEs, PC),
+    the probability-flow ODE continued to ab = 1 (ODE solvers): one Euler step in sigma^2 of the
+    VE form, x_0 = x + sigma^2/2 * score = (x + x0_hat) / 2  (error O(sigma^4) instead of O(sigma^2)).
+
+Notation: VP x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps; VE x = x_vp / sqrt(ab), sigma^2 = (1 - ab) / ab,
+log-SNR lambda = -2 log sigma. ODE solvers work in the VE form: dx/dsigma = (x - x0_hat(x, sigma)) / sigma.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
 from . import gaussian as G
+from . import sde as sdes
 from .denoiser import Denoiser
+from .schedules import Schedule
 
-__all__ = ["sample", "NAMES", "timesteps", "alpha_bar_grid", "ancestral", "ddim"]
+__all__ = ["sample", "NAMES", "GRIDS", "timesteps", "alpha_bar_grid", "make_grid", "ancestral_variances",
+           "ancestral", "ddim", "langevin", "annealed_langevin", "euler_maruyama", "srk", "pc", "heun", "ode",
+           "dpmpp_2m", "dpmpp_3m", "unipc"]
 
 
+# ============================================================================================
+# time grids
+# ============================================================================================
 def timesteps(T: int, nfe: int) -> torch.Tensor:
     """`nfe` distinct step indices in 1..T, descending, evenly spaced, always including T.
 
@@ -28,78 +50,693 @@ def timesteps(T: int, nfe: int) -> torch.Tensor:
 
 
 def alpha_bar_grid(denoiser: Denoiser, nfe: int) -> torch.Tensor:
-    """(nfe + 1,) float64: alpha_bar at the chosen steps, then 1.0 (x_0)."""
+    """(nfe + 1,) float64: alpha_bar at `timesteps(T, nfe)`, then 1.0 (x_0)."""
     ab = denoiser.schedule.alpha_bars
     steps = timesteps(len(ab), nfe)
     return torch.cat([ab[steps - 1], torch.ones(1, dtype=torch.float64)])
 
 
+def _range(schedule: Schedule) -> tuple[float, float]:
+    """(ab_T, ab_1): the schedule's noisiest and cleanest levels (float64 products, seed 004 eq. 4)."""
+    ab = schedule.alpha_bars
+    return float(ab[-1]), float(ab[0])
+
+
+def _sig(ab) -> float:
+    ab = float(ab)
+    return math.sqrt((1.0 - ab) / ab)
+
+
+def _ab_of_sigma(sig: torch.Tensor) -> torch.Tensor:
+    return 1.0 / (1.0 + sig.double() ** 2)
+
+
+def _grid_uniform(schedule, n):
+    """Evenly spaced integer steps T .. 1 (DDPM / DDIM respacing, `timesteps`)."""
+    return schedule.alpha_bars[timesteps(schedule.T, n) - 1]
+
+
+def _grid_time(schedule, n, power=1.0):
+    """t_i = t_min + (t_max - t_min) (1 - i/(n-1))^power on the schedule's continuous time."""
+    t_min, t_max = sdes.VPSDE(schedule).t_range()
+    u = torch.linspace(1.0, 0.0, n, dtype=torch.float64) ** power if n > 1 else torch.ones(1, dtype=torch.float64)
+    return schedule.alpha_bar(t_min + (t_max - t_min) * u)
+
+
+def _grid_logsnr(schedule, n):
+    """log-SNR uniform between the schedule's extremes (DPM-Solver's default)."""
+    lo, hi = _range(schedule)
+    lam = torch.linspace(math.log(lo / (1 - lo)), math.log(hi / (1 - hi)), n, dtype=torch.float64)
+    return torch.sigmoid(lam)
+
+
+def _karras_sigmas(s_hi, s_lo, n, rho):
+    if n == 1:
+        return torch.tensor([s_hi], dtype=torch.float64)
+    i = torch.arange(n, dtype=torch.float64) / (n - 1)
+    if math.isinf(rho):
+        return torch.exp(math.log(s_hi) + i * (math.log(s_lo) - math.log(s_hi)))
+    return (s_hi ** (1 / rho) + i * (s_lo ** (1 / rho) - s_hi ** (1 / rho))) ** rho
+
+
+def _grid_karras(schedule, n, rho=7.0):
+    """EDM's grid (Karras et al. 2022): sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho."""
+    lo, hi = _range(schedule)
+    return _ab_of_sigma(_karras_sigmas(_sig(lo), _sig(hi), n, rho))
+
+
+# The "tuned" grid: sigma_max, then n - 1 levels from sigma_hi down to sigma_lo whose log-sigma steps
+# shrink linearly, step_k ~ 1 + gamma (1 - 2k / (n - 3)). (sigma_hi, sigma_lo, gamma) per n were chosen
+# (benchmarks/samplers_grid_tuning.py) so that UniPC-2 (bh2) followed by the final ODE step reproduces the
+# variance of Gaussian data N(m, s^2) for every scale s in [0.03, 4]: a grid that resolves each data
+# scale as it is crossed, free of any data set. n outside the table uses the nearest entry.
+_TUNED = {}  # n -> (sigma_hi, sigma_lo, gamma)
+
+
+def _grid_tuned(schedule, n):
+    """sigma_max, then a band sigma_hi -> sigma_lo with linearly shrinking log steps, tuned for UniPC-2."""
+    lo, hi = _range(schedule)
+    s_max, s_min = _sig(lo), _sig(hi)
+    if n < 3 or not _TUNED:
+        return _grid_logsnr(schedule, n)
+    key = min(_TUNED, key=lambda k: (abs(k - n), -k))
+    s_hi, s_lo, gamma = _TUNED[key]
+    if key != n and n > max(_TUNED):  # beyond the table: keep the band, spread the extra levels in it
+        gamma *= max(_TUNED) / n
+    s_hi, s_lo = min(s_hi, s_max), max(s_lo, s_min)
+    if not s_hi > s_lo:
+        return _grid_logsnr(schedule, n)
+    m = n - 1
+    k = torch.arange(m - 1, dtype=torch.float64)
+    w = 1 + gamma * (1 - 2 * k / max(m - 2, 1))
+    log_sig = math.log(s_hi) - torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(w, 0) / w.sum()]) \
+        * (math.log(s_hi) - math.log(s_lo))
+    sig = torch.cat([torch.tensor([s_max], dtype=torch.float64), log_sig.exp()])
+    if not bool((sig[:-1] > sig[1:]).all()):
+        return _grid_logsnr(schedule, n)
+    return _ab_of_sigma(sig)
+
+
+GRIDS: dict[str, Callable] = {
+    "uniform": _grid_uniform,
+    "time": _grid_time,
+    "quadratic": lambda schedule, n: _grid_time(schedule, n, 2.0),
+    "logsnr": _grid_logsnr,
+    "karras": _grid_karras,
+    "tuned": _grid_tuned,
+}
+
+
+def make_grid(schedule: Schedule, n: int, kind="uniform") -> torch.Tensor:
+    """(n,) increasing float64 alpha_bars within [ab_T, ab_1], first = the noisiest level used.
+
+    kind: a name in GRIDS ("uniform" integer steps, "time", "quadratic" (more steps at low noise),
+    "logsnr", "karras" (rho = 7), "tuned"), a callable (schedule, n) -> alpha_bars, integer step
+    indices in 1..T (respacing to any subset of steps), or explicit float alpha_bars."""
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"a grid needs at least one level, got {n}")
+    lo, hi = _range(schedule)
+    if isinstance(kind, str):
+        if kind not in GRIDS:
+            raise ValueError(f"unknown grid {kind!r}; choose one of {', '.join(GRIDS)}")
+        ab = GRIDS[kind](schedule, n)
+    elif callable(kind):
+        ab = kind(schedule, n)
+    else:
+        ab = _explicit_grid(schedule, kind)
+    ab = torch.as_tensor(ab, dtype=torch.float64).reshape(-1).clamp(lo, hi)
+    if len(ab) > 1 and not bool((ab[1:] > ab[:-1]).all()):
+        raise ValueError("grid levels must be distinct and ordered from most to least noisy")
+    return ab
+
+
+def _explicit_grid(schedule, grid):
+    g = torch.as_tensor(grid)
+    if not g.dtype.is_floating_point:
+        steps = torch.unique(g.long(), sorted=True).flip(0)
+        if len(steps) != g.numel():
+            raise ValueError("respaced steps must be distinct")
+        if steps.min() < 1 or steps.max() > schedule.T:
+            raise ValueError(f"respaced steps must lie in 1..T={schedule.T}")
+        return schedule.alpha_bars[steps - 1]
+    g = g.double().reshape(-1)
+    if len(g) and float(g[-1]) == 1.0:
+        g = g[:-1]
+    lo, hi = _range(schedule)
+    if bool(((g < lo * (1 - 1e-12)) | (g > hi * (1 + 1e-12))).any()):
+        raise ValueError(f"grid alpha_bars must lie in the schedule's range [{lo:.3g}, {hi:.6g}]")
+    return g
+
+
+# ============================================================================================
+# small helpers shared by the samplers
+# ============================================================================================
 def _noise_like(x, generator):
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
+def _predict(denoiser, x, ab, progress=None):
+    """(x0, eps) at the scalar level ab (0-d float64 or float), one denoiser call."""
+    out = denoiser.predict(x, torch.as_tensor(ab, dtype=torch.float64).reshape(1).expand(x.shape[0]))
+    if progress:
+        progress()
+    return out
+
+
+def _record(trajectory, x):
+    if trajectory is not None:
+        trajectory.append(x)
+
+
+def _ve_x0(denoiser, progress):
+    """D(x_ve, ab) -> x0_hat: the denoiser seen in VE coordinates (x_vp = sqrt(ab) x_ve)."""
+    def D(x, ab):
+        return _predict(denoiser, x * math.sqrt(float(ab)), ab, progress)[0]
+    return D
+
+
+def _ode_final(x_ve, d, final):
+    """Last step of an ODE solver from the last level (VE state x_ve, x0_hat d there) to ab = 1.
+
+    "ode": Euler step of dx/d(sigma^2) = (x - x0_hat) / (2 sigma^2) down to sigma = 0, i.e. (x + x0_hat) / 2;
+    "denoise": x0_hat (Tweedie, slightly over-concentrated by O(sigma^2 / s^2));  "none": x_ve."""
+    if final == "ode":
+        return 0.5 * (x_ve + d)
+    if final == "denoise":
+        return d
+    if final == "none":
+        return x_ve
+    raise ValueError(f"final must be 'ode', 'denoise' or 'none', got {final!r}")
+
+
+# ============================================================================================
+# DDPM ancestral and DDIM (seeds 001, 002, 004)
+# ============================================================================================
+def ancestral_variances(grid: torch.Tensor, variance="small") -> torch.Tensor:
+    """(len(grid) - 1,) float64 per-step variances of ancestral sampling on `grid` (ending with ab = 1).
+
+    For a step t -> s (a_ts = ab_t / ab_s):
+        "small": beta~ = (1 - ab_s) / (1 - ab_t) (1 - a_ts);  "large": beta = 1 - a_ts;
+        v in [0, 1]: exp(v log beta + (1 - v) log beta~)  (Improved DDPM's interpolation, fixed v).
+    The last step (to ab = 1) has beta~ = 0; its entry is clipped to the previous step's beta~ for
+    every choice (improved-diffusion's convention for log variances) so logs stay finite. Samplers add
+    no noise on the last step."""
+    g = torch.as_tensor(grid, dtype=torch.float64)
+    ab_t, ab_s = g[:-1], g[1:]
+    a_ts = ab_t / ab_s
+    small = (1 - ab_s) / (1 - ab_t) * (1 - a_ts)
+    large = 1 - a_ts
+    if len(small) > 1:
+        small[-1] = small[-2]
+        large[-1] = small[-2]
+    if variance == "small":
+        return small
+    if variance == "large":
+        return large
+    v = float(variance)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"variance must be 'small', 'large' or a number in [0, 1], got {variance!r}")
+    if v in (0.0, 1.0):
+        return large if v == 1.0 else small
+    return torch.exp(v * large.log() + (1 - v) * small.log())
+
+
 def ancestral(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None,
-              variance: str = "small", progress: Callable | None = None, trajectory: list | None = None):
+              variance="small", progress: Callable | None = None, trajectory: list | None = None):
     """DDPM ancestral sampling (seed 001 Algorithm 2), on any sub-grid of the schedule (respacing).
 
-    Each step t -> s draws x_s ~ N(mu~(x_t, x0_hat), sigma^2 I), with
-    sigma^2 = beta~ = (1 - ab_s)/(1 - ab_t) (1 - ab_t/ab_s)  ("small"), or
-    sigma^2 = beta  = 1 - ab_t/ab_s                          ("large").
-    No noise is added on the last step (to x_0).
-    x: (N, ...) noise at grid[0]; grid: descending alpha_bars ending with 1.
-    """
-    if variance not in ("small", "large"):
-        raise ValueError(f"variance must be 'small' or 'large', got {variance!r}")
+    Each step t -> s draws x_s ~ N(mu~(x_t, x0_hat), sigma^2 I) with mu~ the posterior mean
+    (seed 004 eq. 7) and sigma^2 from `ancestral_variances` ("small" beta~, "large" beta, or v in [0, 1]).
+    No noise is added on the last step (to x_0). x: (N, ...) noise at grid[0]; grid: increasing
+    alpha_bars ending with 1. One denoiser call per step."""
+    if variance not in ("small", "large") and not isinstance(variance, (int, float)):
+        raise ValueError(f"variance must be 'small', 'large' or a number in [0, 1], got {variance!r}")
+    var_all = ancestral_variances(grid, variance)
     n = x.shape[0]
     for i in range(len(grid) - 1):
         ab_t, ab_s = grid[i].expand(n), grid[i + 1].expand(n)
-        x0, _ = denoiser.predict(x, ab_t)
-        mean, var = G.posterior_mean_var(x0, x, ab_t, ab_s)
+        x0, _ = _predict(denoiser, x, grid[i], progress)
+        mean, _ = G.posterior_mean_var(x0, x, ab_t, ab_s)
         if i < len(grid) - 2:
-            if variance == "large":
-                var = G.expand(1 - ab_t / ab_s, x)
-            x = mean + var.sqrt() * _noise_like(x, generator)
+            x = mean + float(var_all[i]) ** 0.5 * _noise_like(x, generator)
         else:
             x = mean
-        if trajectory is not None:
-            trajectory.append(x)
-        if progress:
-            progress()
+        _record(trajectory, x)
     return x
 
 
 def ddim(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, eta: float = 0.0,
          progress: Callable | None = None, trajectory: list | None = None):
-    """DDIM (Song et al. 2021), seed 002: x_s = sqrt(ab_s) x0 + sqrt(1 - ab_s - sigma^2) eps + sigma z,
-    sigma^2 = eta^2 beta~(t -> s). eta = 0 is deterministic; eta = 1 is ancestral with beta~."""
-    n = x.shape[0]
+    """DDIM (Song et al. 2021), seed 002: from level t to the *next* grid level s,
+        x_s = sqrt(ab_s) x0_hat + sqrt(1 - ab_s - sigma^2) eps_hat + sigma z,  sigma^2 = eta^2 beta~(t -> s).
+    eta = 0 is deterministic (the PF-ODE's first-order exponential integrator); eta = 1 is ancestral
+    with beta~. x: (N, ...); grid: increasing alpha_bars ending with 1. One call per step."""
     for i in range(len(grid) - 1):
-        ab_t, ab_s = grid[i].expand(n), grid[i + 1].expand(n)
-        x0, eps = denoiser.predict(x, ab_t)
+        ab_t, ab_s = grid[i], grid[i + 1]
+        x0, eps = _predict(denoiser, x, ab_t, progress)
         var = eta ** 2 * (1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)
-        x = G.expand(ab_s.sqrt(), x) * x0 + G.expand((1 - ab_s - var).clamp(min=0).sqrt(), x) * eps
+        x = float(ab_s.sqrt()) * x0 + float((1 - ab_s - var).clamp(min=0).sqrt()) * eps
         if eta > 0 and i < len(grid) - 2:
-            x = x + G.expand(var.sqrt(), x) * _noise_like(x, generator)
-        if trajectory is not None:
-            trajectory.append(x)
-        if progress:
-            progress()
+            x = x + float(var.sqrt()) * _noise_like(x, generator)
+        _record(trajectory, x)
     return x
 
 
-NAMES: dict[str, Callable] = {"ancestral": ancestral, "ddim": ddim}
+# ============================================================================================
+# Langevin dynamics (seed 003) and annealed Langevin (NCSN, Song & Ermon 2019)
+# ============================================================================================
+def langevin(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, n_steps: int = 100,
+             step_size: float = 0.02, progress: Callable | None = None, trajectory: list | None = None):
+    """Langevin dynamics at one noise level (seed 003): with the VE score at sigma = sigma(grid[0])
+    (by default the schedule's smallest noise level),
+        x <- x + a grad log p(x) + sqrt(2 a) z,   a = step_size (in squared data units),
+    run n_steps = nfe times from x (the N(0, I) prior draw). It follows the score to the modes but ignores
+    their weights (the score forgets mixing coefficients: the seed's warning); it does not anneal.
+    Returns x in data units (the level's VE state, ~ data + sigma noise). One call per step."""
+    ab = grid[0]
+    a = math.sqrt(float(ab))
+    for _ in range(int(n_steps)):
+        _, eps = _predict(denoiser, x * a, ab, progress)
+        score = -eps * (a / math.sqrt(1 - float(ab)))  # VE score: sqrt(ab) * score_vp
+        x = x + step_size * score + math.sqrt(2 * step_size) * _noise_like(x, generator)
+        _record(trajectory, x)
+    return x
+
+
+def annealed_langevin(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None,
+                      steps_per_level=5, step: float = 0.05, denoise: bool = True,
+                      progress: Callable | None = None, trajectory: list | None = None):
+    """Annealed Langevin dynamics (NCSN, seed 003 / Song & Ermon 2019 Algorithm 1) in VE units.
+
+    For each level sigma_i of the grid (noisiest first), `steps_per_level` updates
+        x <- x + a_i score_i(x) + sqrt(2 a_i) z,   a_i = step * sigma_i^2   (NCSN's eps sigma_i^2 / sigma_L^2),
+    then, with denoise=True, one Tweedie step x0 = x + sigma_L^2 score (Jolicoeur-Martineau et al. 2021).
+    steps_per_level: an int, or a list of ints per level. x: (N, ...) a N(0, I) draw, scaled to sigma_max."""
+    n_lev = len(grid) - 1
+    per = list(steps_per_level) if isinstance(steps_per_level, (list, tuple)) else [int(steps_per_level)] * n_lev
+    x = x * math.sqrt(1.0 / float(grid[0]))  # the VE prior: x_ve = x_vp / sqrt(ab_T)
+    for i in range(n_lev):
+        ab = grid[i]
+        a, sig2 = math.sqrt(float(ab)), (1 - float(ab)) / float(ab)
+        alpha = step * sig2
+        for _ in range(per[i]):
+            _, eps = _predict(denoiser, x * a, ab, progress)
+            score = -eps / math.sqrt(sig2)  # VE score = -eps / sigma
+            x = x + alpha * score + math.sqrt(2 * alpha) * _noise_like(x, generator)
+        _record(trajectory, x)
+    if denoise:
+        ab = grid[n_lev - 1]
+        x = _predict(denoiser, x * math.sqrt(float(ab)), ab, progress)[0]
+    return x
+
+
+# ============================================================================================
+# reverse-time SDEs: Euler-Maruyama, stochastic Runge-Kutta, predictor-corrector (seed 002)
+# ============================================================================================
+def _sde_setup(denoiser, grid, sde):
+    s = sdes.by_name(sde, denoiser.schedule)
+    t = s.t_of_alpha_bar_eq(grid[:-1])
+    return s, t
+
+
+def _sde_start(s, t0, x):
+    return x * float(s.prior_std(t0))
+
+
+def _sde_denoise(s, denoiser, x, t, progress):
+    """x0_hat at SDE time t (N, ...): the VP denoiser's Tweedie estimate at ab_eq(t)."""
+    c = float(s.scale_to_vp(t))
+    return _predict(denoiser, c * x, s.alpha_bar_eq(t), progress)[0]
+
+
+def _rev_drift(s, denoiser, x, t, progress, probability_flow=False):
+    d = s.reverse_drift(denoiser, x, t, probability_flow)
+    if progress:
+        progress()
+    return d
+
+
+def euler_maruyama(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, sde="vp",
+                   progress: Callable | None = None, trajectory: list | None = None):
+    """Reverse-time SDE dx = [f - g^2 score] dt + g dw_bar by Euler-Maruyama, for sde = "vp", "subvp", "ve".
+
+    Steps t_i -> t_{i+1} (t_i from the grid's levels, h = t_i - t_{i+1} > 0):
+        x <- x - [f(x, t_i) - g(t_i)^2 score(x, t_i)] h + g(t_i) sqrt(h) z,
+    then x0_hat at the last level. x: (N, ...) a N(0, I) draw (scaled to the SDE's prior); nfe = levels."""
+    s, t = _sde_setup(denoiser, grid, sde)
+    x = _sde_start(s, t[0], x)
+    for i in range(len(t) - 1):
+        h = float(t[i] - t[i + 1])
+        _, g = s.sde(x, t[i])
+        x = x - _rev_drift(s, denoiser, x, t[i], progress) * h + float(g[0]) * math.sqrt(h) * _noise_like(x, generator)
+        _record(trajectory, x)
+    return _sde_denoise(s, denoiser, x, t[-1], progress)
+
+
+def srk(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, sde="vp",
+        first_euler: bool = False, progress: Callable | None = None, trajectory: list | None = None):
+    """Reverse-time SDE by a stochastic Runge-Kutta method: stochastic Heun, strong order 1 for the
+    additive noise of these SDEs (Kloeden & Platen 1992). With a(x, t) = f - g^2 score, h > 0, dW ~ N(0, h):
+        x~ = x - a(x, t) h + g(t) dW
+        x' = x - (a(x, t) + a(x~, t')) h / 2 + (g(t) + g(t')) / 2 dW
+    then x0_hat at the last level. Two calls per step (first_euler: the first step is Euler-Maruyama)."""
+    s, t = _sde_setup(denoiser, grid, sde)
+    x = _sde_start(s, t[0], x)
+    for i in range(len(t) - 1):
+        h = float(t[i] - t[i + 1])
+        _, g0 = s.sde(x, t[i])
+        dw = math.sqrt(h) * _noise_like(x, generator)
+        a0 = _rev_drift(s, denoiser, x, t[i], progress)
+        x_e = x - a0 * h + float(g0[0]) * dw
+        if first_euler and i == 0:
+            x = x_e
+        else:
+            _, g1 = s.sde(x, t[i + 1])
+            a1 = _rev_drift(s, denoiser, x_e, t[i + 1], progress)
+            x = x - 0.5 * (a0 + a1) * h + 0.5 * float(g0[0] + g1[0]) * dw
+        _record(trajectory, x)
+    return _sde_denoise(s, denoiser, x, t[-1], progress)
+
+
+def pc(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, sde="vp", snr: float = 0.16,
+       n_corrector: int = 1, predictor: str = "reverse_diffusion", skip_corrector_first: int = 0,
+       progress: Callable | None = None, trajectory: list | None = None):
+    """Predictor-corrector sampling (Song et al. 2021, seed 002).
+
+    At each level: `n_corrector` Langevin corrector steps at target signal-to-noise ratio r = snr,
+        a = 2 alpha (r ||z|| / ||score||)^2,  x <- x + a score + sqrt(2 a) z   (per example; alpha = 1 - beta_i
+        for VP, 1 otherwise), then one predictor step to the next level: "reverse_diffusion" (the
+        discretised reverse SDE: VP x' = (2 - sqrt(1 - beta_i)) x + beta_i score + sqrt(beta_i) z; VE
+        x' = x + (sig_t^2 - sig_s^2) score + sqrt(sig_t^2 - sig_s^2) z) or "euler_maruyama".
+    The first `skip_corrector_first` levels skip the corrector (so any nfe can be met); x0_hat at the end."""
+    s, t = _sde_setup(denoiser, grid, sde)
+    x = _sde_start(s, t[0], x)
+    flat = (lambda v: v.reshape(v.shape[0], -1).norm(dim=1))
+    for i in range(len(t) - 1):
+        beta_i = float(1 - grid[i] / grid[i + 1])  # the discrete (respaced) beta of this step
+        if i >= skip_corrector_first:
+            alpha = 1 - beta_i if s.name == "vp" else 1.0
+            for _ in range(int(n_corrector)):
+                score = s.score(denoiser, x, t[i])
+                if progress:
+                    progress()
+                z = _noise_like(x, generator)
+                a = 2 * alpha * (snr * flat(z) / flat(score).clamp(min=1e-12)) ** 2
+                a = G.expand(a, x)
+                x = x + a * score + (2 * a).sqrt() * z
+        h = float(t[i] - t[i + 1])
+        if predictor == "reverse_diffusion" and s.name in ("vp", "ve"):
+            score = s.score(denoiser, x, t[i])
+            if progress:
+                progress()
+            z = _noise_like(x, generator)
+            if s.name == "vp":
+                x = (2 - math.sqrt(1 - beta_i)) * x + beta_i * score + math.sqrt(beta_i) * z
+            else:
+                d2 = float(s.sigma(t[i]) ** 2 - s.sigma(t[i + 1]) ** 2)
+                x = x + d2 * score + math.sqrt(d2) * z
+        elif predictor in ("euler_maruyama", "reverse_diffusion"):
+            _, g = s.sde(x, t[i])
+            x = x - _rev_drift(s, denoiser, x, t[i], progress) * h + float(g[0]) * math.sqrt(h) * _noise_like(x, generator)
+        else:
+            raise ValueError(f"predictor must be 'reverse_diffusion' or 'euler_maruyama', got {predictor!r}")
+        _record(trajectory, x)
+    return _sde_denoise(s, denoiser, x, t[-1], progress)
+
+
+# ============================================================================================
+# probability-flow ODE: adaptive RK45, Heun, DPM-Solver++ multistep, UniPC
+# ============================================================================================
+def ode(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, sde="vp", rtol: float = 1e-5,
+        atol: float = 1e-5, method: str = "RK45", final: str = "ode", progress: Callable | None = None,
+        trajectory: list | None = None):
+    """The probability-flow ODE dx/dt = f(x, t) - 1/2 g(t)^2 score(x, t) (seed 002) solved by scipy's
+    adaptive `solve_ivp` (RK45, rtol/atol) from the grid's first level to its last, then the final ODE
+    step to ab = 1 (`final`, see `_ode_final`). x: (N, ...). The solver picks its own number of calls."""
+    from scipy.integrate import solve_ivp
+
+    s, t = _sde_setup(denoiser, grid, sde)
+    x = _sde_start(s, t[0], x)
+    shape, dtype = x.shape, x.dtype
+
+    def rhs(tt, y):
+        xt = torch.from_numpy(y).reshape(shape).to(dtype)
+        return _rev_drift(s, denoiser, xt, tt, progress, probability_flow=True).double().reshape(-1).numpy()
+
+    sol = solve_ivp(rhs, (float(t[0]), float(t[-1])), x.double().reshape(-1).numpy(), method=method,
+                    rtol=rtol, atol=atol)
+    if not sol.success:
+        raise RuntimeError(f"the probability-flow ODE solver failed: {sol.message}")
+    x = torch.from_numpy(sol.y[:, -1]).reshape(shape).to(dtype)
+    _record(trajectory, x)
+    # to VE units at the last level, then the final step to ab = 1
+    ab = s.alpha_bar_eq(t[-1])
+    x_ve = x * float(s.scale_to_vp(t[-1]) / ab.sqrt())
+    d = _ve_x0(denoiser, progress)(x_ve, ab)
+    return _ode_final(x_ve, d, final)
+
+
+def heun(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, first_euler: bool = False,
+         final: str = "ode", progress: Callable | None = None, trajectory: list | None = None):
+    """EDM's deterministic sampler (Karras et al. 2022, Algorithm 1): Heun's method on the PF-ODE in VE form,
+        d_i = (x - x0_hat(x, sigma_i)) / sigma_i,  x~ = x + (sigma_{i+1} - sigma_i) d_i,
+        x_{i+1} = x + (sigma_{i+1} - sigma_i) (d_i + d(x~, sigma_{i+1})) / 2,
+    over the grid's levels, then the final ODE step to ab = 1. Two calls per step (first_euler: the first,
+    nearly linear step at the highest noise is Euler, so that any nfe can be met) plus one at the end."""
+    levels = grid[:-1]
+    D = _ve_x0(denoiser, progress)
+    x = x / math.sqrt(float(levels[0]))
+    for i in range(len(levels) - 1):
+        s0, s1 = _sig(levels[i]), _sig(levels[i + 1])
+        d0 = (x - D(x, levels[i])) / s0
+        x_e = x + (s1 - s0) * d0
+        if first_euler and i == 0:
+            x = x_e
+        else:
+            d1 = (x_e - D(x_e, levels[i + 1])) / s1
+            x = x + (s1 - s0) * 0.5 * (d0 + d1)
+        _record(trajectory, x * math.sqrt(float(levels[i + 1])))
+    return _ode_final(x, D(x, levels[-1]), final)
+
+
+def dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, final: str = "ode",
+             progress: Callable | None = None, trajectory: list | None = None):
+    """DPM-Solver++(2M) (Lu et al. 2022), data prediction, multistep, in VE form with lambda = -log sigma:
+        x_{i+1} = (sigma_{i+1} / sigma_i) x_i + (1 - e^{-h}) [(1 + 1/(2r)) D_i - 1/(2r) D_{i-1}],
+    h = lambda_{i+1} - lambda_i, r = h_{i-1} / h (first step: first order), then the final ODE step."""
+    return _dpmpp(denoiser, x, grid, 2, final, progress, trajectory)
+
+
+def dpmpp_3m(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, final: str = "ode",
+             progress: Callable | None = None, trajectory: list | None = None):
+    """DPM-Solver++(3M): the third-order multistep data-prediction update (Lu et al. 2022, eq. of the
+    3M variant) with D1 / D2 divided differences in lambda; orders ramp up 1, 2, 3."""
+    return _dpmpp(denoiser, x, grid, 3, final, progress, trajectory)
+
+
+def _dpmpp(denoiser, x, grid, order, final, progress, trajectory):
+    levels = grid[:-1]
+    lam = [-math.log(_sig(a)) for a in levels]
+    D = _ve_x0(denoiser, progress)
+    x = x / math.sqrt(float(levels[0]))
+    hist = []
+    for i in range(len(levels)):
+        d = D(x, levels[i])
+        hist.append(d)
+        if i == len(levels) - 1:
+            break
+        h = lam[i + 1] - lam[i]
+        em = math.expm1(-h)  # e^{-h} - 1 = sigma_{i+1}/sigma_i - 1
+        k = min(order, i + 1)
+        if k == 1:
+            x = (1 + em) * x - em * d
+        elif k == 2:
+            r = (lam[i] - lam[i - 1]) / h
+            x = (1 + em) * x - em * ((1 + 0.5 / r) * d - (0.5 / r) * hist[-2])
+        else:
+            r0, r1 = (lam[i] - lam[i - 1]) / h, (lam[i - 1] - lam[i - 2]) / h
+            d1_0, d1_1 = (d - hist[-2]) / r0, (hist[-2] - hist[-3]) / r1
+            d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            x = (1 + em) * x - em * d + (em / h + 1) * d1 - ((em + h) / h ** 2 - 0.5) * d2
+        if len(hist) > 3:
+            hist.pop(0)
+        _record(trajectory, x * math.sqrt(float(levels[i + 1])))
+    return _ode_final(x, hist[-1], final)
+
+
+def _unipc_coefs(rks, h, p, variant):
+    """Solve for UniPC's weights: sum_k a_k r_k^(j-1) = j! psi_{j+1}(h) / (h^j B(h)), j = 1..p, where
+    psi_1 = 1 - e^{-h}, psi_{j+1} = h^j / j! - psi_j, and B(h) = h ("bh1") or 1 - e^{-h} ("bh2")."""
+    psi = [-math.expm1(-h)]
+    for j in range(1, p + 1):
+        psi.append(h ** j / math.factorial(j) - psi[-1])
+    B = h if variant == "bh1" else -math.expm1(-h)
+    b = np.array([math.factorial(j) * psi[j] / (h ** j * B) for j in range(1, p + 1)])
+    R = np.array([[rk ** (j - 1) for rk in rks] for j in range(1, p + 1)])
+    return np.linalg.solve(R, b), B
+
+
+def unipc(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, order: int = 2,
+          variant: str = "bh2", corrector: bool = True, final: str = "ode", progress: Callable | None = None,
+          trajectory: list | None = None):
+    """UniPC (Zhao et al. 2023), data prediction in VE form, lambda = -log sigma, h = lambda_t - lambda_s:
+
+    predictor UniP-p:  x_t = e^{-h} x_s + (1 - e^{-h}) D_s + B(h) sum_{k<p} a_k (D_{s_k} - D_s) / r_k,
+    corrector UniC-p:  the same from x_s with the new D_t added (r = 1), applied once D_t is known,
+    so the corrector costs no call; r_k = (lambda_{s_k} - lambda_s) / h. Order-2 predictor and order-1
+    corrector use the weight 1/2 (the h -> 0 limit), as in the paper. One call per level, then the final
+    ODE step to ab = 1. order: 1..4 (ramped up over the first steps)."""
+    if variant not in ("bh1", "bh2"):
+        raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
+    levels = grid[:-1]
+    lam = [-math.log(_sig(a)) for a in levels]
+    D = _ve_x0(denoiser, progress)
+    x = x / math.sqrt(float(levels[0]))
+    hist, x_prev = [], None
+    for i in range(len(levels)):
+        d = D(x, levels[i])
+        if i > 0 and corrector:
+            x = _uni_update(hist, lam, i - 1, i, x_prev, min(order, i), variant, d_new=d)
+        hist.append(d)
+        if i == len(levels) - 1:
+            break
+        x_prev = x
+        x = _uni_update(hist, lam, i, i + 1, x, min(order, i + 1), variant)
+        if len(hist) > order:
+            hist.pop(0)
+        _record(trajectory, x * math.sqrt(float(levels[i + 1])))
+    return _ode_final(x, hist[-1], final)
+
+
+def _uni_update(hist, lam, s, t, x_s, p, variant, d_new=None):
+    """One UniP (d_new None) or UniC step from level s to t; hist[-1] is D_s (for UniC hist ends at s)."""
+    h = lam[t] - lam[s]
+    em = math.expm1(-h)
+    d_s = hist[-1]
+    rks, diffs = [], []
+    for k in range(1, p):  # previous levels s-1, s-2, ...
+        rk = (lam[s - k] - lam[s]) / h
+        rks.append(rk)
+        diffs.append((hist[-1 - k] - d_s) / rk)
+    x_t = (1 + em) * x_s - em * d_s
+    if d_new is None:
+        if not diffs:
+            return x_t
+        if p == 2:
+            a, B = [0.5], (h if variant == "bh1" else -em)
+        else:
+            a, B = _unipc_coefs(rks, h, p - 1, variant)
+        return x_t + B * sum(float(ak) * dk for ak, dk in zip(a, diffs))
+    rks.append(1.0)
+    diffs.append(d_new - d_s)
+    if p == 1:
+        a, B = [0.5], (h if variant == "bh1" else -em)
+    else:
+        a, B = _unipc_coefs(rks, h, p, variant)
+    return x_t + B * sum(float(ak) * dk for ak, dk in zip(a, diffs))
+
+
+# ============================================================================================
+# the registry and the entry point
+# ============================================================================================
+@dataclass
+class _Spec:
+    """How `sample` drives a sampler: levels(nfe) grid levels, the default grid kind, extra options(nfe)."""
+    levels: Callable[[int], int] = lambda nfe: nfe
+    grid: object = "uniform"
+    options: Callable[[int], dict] = field(default=lambda nfe: {})
+
+
+def _two_per_step(nfe):  # Heun / SRK: m steps of 2 calls (+1 final); an even nfe makes the first step Euler
+    return nfe // 2 + 1
+
+
+def _pc_options(nfe, n_corrector=1):
+    q, r = divmod(max(nfe - 1, 0), 1 + n_corrector)
+    return {"skip_corrector_first": r}
+
+
+def _pc_levels(nfe, n_corrector=1):
+    q, r = divmod(max(nfe - 1, 0), 1 + n_corrector)
+    return q + r + 1
+
+
+def _langevin_grid(schedule, n):
+    return schedule.alpha_bars[:1].clone()  # the smallest noise level
+
+
+def _annealed_levels(nfe, steps_per_level=5, denoise=True):
+    return max(1, (nfe - int(denoise)) // steps_per_level)
+
+
+def _annealed_options(nfe, steps_per_level=5, denoise=True):
+    n_lev = _annealed_levels(nfe, steps_per_level, denoise)
+    per = [steps_per_level] * n_lev
+    per[-1] += (nfe - int(denoise)) - steps_per_level * n_lev  # the remainder at the last level
+    return {"steps_per_level": per}
+
+
+NAMES: dict[str, Callable] = {
+    "ancestral": ancestral, "ddim": ddim,
+    "langevin": langevin, "annealed_langevin": annealed_langevin,
+    "euler_maruyama": euler_maruyama, "srk": srk, "pc": pc,
+    "ode": ode, "heun": heun, "dpmpp_2m": dpmpp_2m, "dpmpp_3m": dpmpp_3m, "unipc": unipc,
+}
+
+_SPECS: dict[str, _Spec] = {
+    "ancestral": _Spec(),
+    "ddim": _Spec(),
+    "langevin": _Spec(levels=lambda nfe: 1, grid=_langevin_grid, options=lambda nfe: {"n_steps": nfe}),
+    "annealed_langevin": _Spec(levels=_annealed_levels, grid="logsnr", options=_annealed_options),
+    "euler_maruyama": _Spec(grid="time"),
+    "srk": _Spec(levels=_two_per_step, grid="time", options=lambda nfe: {"first_euler": nfe % 2 == 0}),
+    "pc": _Spec(levels=_pc_levels, grid="time", options=_pc_options),
+    "ode": _Spec(levels=lambda nfe: 2, grid="logsnr"),
+    "heun": _Spec(levels=_two_per_step, grid="karras", options=lambda nfe: {"first_euler": nfe % 2 == 0}),
+    "dpmpp_2m": _Spec(grid="logsnr"),
+    "dpmpp_3m": _Spec(grid="logsnr"),
+    "unipc": _Spec(grid="tuned"),
+}
+
+_ADAPTIVE = {"ode"}  # samplers whose call count the solver decides
 
 
 @torch.inference_mode()
 def sample(denoiser: Denoiser, noise: torch.Tensor, sampler: str = "ancestral", nfe: int | None = None,
-           generator: torch.Generator | None = None, **options) -> torch.Tensor:
-    """x_0 (N, ...) from `noise` (N, ...), a standard normal draw of the prior.
+           generator: torch.Generator | None = None, grid=None, **options) -> torch.Tensor:
+    """x_0 (N, ...) from `noise` (N, ...), a standard normal draw of the prior at the schedule's largest
+    noise level (VP units; SDE samplers rescale it to their own prior, e.g. x_ve = x / sqrt(ab_T)).
 
-    sampler: one of NAMES; nfe: denoiser calls (default: the schedule's T).
-    options go to the sampler (variance=, eta=, progress=, trajectory=)."""
+    sampler: one of NAMES; nfe: denoiser calls (default: the schedule's T; ignored by the adaptive "ode");
+    grid: override the sampler's default time grid (see `make_grid`); options go to the sampler
+    (variance=, eta=, sde=, order=, snr=, final=, progress= (called once per call), trajectory=, ...)."""
     if sampler not in NAMES:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(NAMES)}")
+    spec = _SPECS[sampler]
+    if nfe is None and grid is not None and not isinstance(grid, str) and not callable(grid) \
+            and spec.levels(7) == 7 and sampler not in ("pc", "annealed_langevin"):
+        nfe = len(make_grid(denoiser.schedule, 1, grid))  # one call per level: the grid sets nfe
     nfe = denoiser.schedule.T if nfe is None else int(nfe)
-    grid = alpha_bar_grid(denoiser, nfe)
+    if nfe < 1:
+        raise ValueError(f"nfe must be at least 1, got {nfe}")
+    if sampler == "pc":
+        n_levels = _pc_levels(nfe, options.get("n_corrector", 1))
+        auto = _pc_options(nfe, options.get("n_corrector", 1))
+    elif sampler == "annealed_langevin":
+        spl, den_ = options.pop("steps_per_level", 5), options.get("denoise", True)
+        n_levels = _annealed_levels(nfe, spl, den_)
+        auto = _annealed_options(nfe, spl, den_) if isinstance(spl, int) else {"steps_per_level": spl}
+    else:
+        n_levels, auto = spec.levels(nfe), spec.options(nfe)
+    explicit = grid is not None and not isinstance(grid, str) and not callable(grid)
+    if explicit:
+        levels = make_grid(denoiser.schedule, 1, grid)
+        if len(levels) != n_levels and sampler not in _ADAPTIVE:
+            raise ValueError(f"sampler {sampler!r} with nfe={nfe} needs a grid of {n_levels} levels, got {len(levels)}")
+    else:
+        levels = make_grid(denoiser.schedule, n_levels, spec.grid if grid is None else grid)
+    full = torch.cat([levels, torch.ones(1, dtype=torch.float64)])
     x = noise * G.expand(torch.ones(1, dtype=torch.float64), noise)  # a copy; noise is N(0, I) at ab_T ~ 0
-    return NAMES[sampler](denoiser, x, grid, generator=generator, **options)
+    return NAMES[sampler](denoiser, x, full, generator=generator, **{**auto, **options})

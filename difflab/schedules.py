@@ -17,8 +17,8 @@ and `alpha_bars_with_zero()` prepends alpha_bar_0 = 1 (clean data).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -93,7 +93,7 @@ class Schedule:
         w = pos - lo
         return torch.exp(log_ab[lo] * (1 - w) + log_ab[lo + 1] * w)
 
-    def discretise(self, T: int) -> "Schedule":
+    def discretise(self, T: int) -> Schedule:
         """The same continuous schedule on T steps: alpha_bar_k = alpha_bar(k / T)."""
         ab = self.alpha_bar(torch.arange(0, T + 1, dtype=torch.float64) / T)
         betas = (1.0 - ab[1:] / ab[:-1]).clamp(1e-12, 0.999)

@@ -28,7 +28,7 @@ from . import data as data_lib
 from .config import Config
 from .errors import UserError
 from .losses import DiffusionLoss
-from .runs import build_net, build_schedule, normalise, check_compatible
+from .runs import build_net, build_schedule, check_compatible, normalise
 
 __all__ = ["train", "TrainingDiverged"]
 

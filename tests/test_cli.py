@@ -114,11 +114,21 @@ def test_truncated_checkpoint_is_refused_and_run_folder_not_overwritten(toy_run,
 
 
 def test_checkpoint_of_another_model_is_refused(toy_run, digits_run, tmp_path, capsys):
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
     mixed = tmp_path / "mixed.safetensors"
     with safe_open(str(digits_run / "checkpoint.safetensors"), "pt") as f:
         meta = f.metadata()
     save_file(load_file(str(toy_run / "checkpoint.safetensors")), str(mixed), metadata=meta)
     code, err = run_cli(capsys, "sample", "--checkpoint", str(mixed), "--out", str(tmp_path / "s.npz"))
     assert code == 2 and "does not fit" in err
+
+
+def test_conditional_run_writes_labels(tmp_path):
+    run = tmp_path / "cond"
+    assert main(["train", "--data", "toy:gmm", "--conditional", "--out", str(run), "--steps", "5", "--batch-size", "32",
+                 "--quiet"]) == 0
+    out = tmp_path / "c.npz"
+    assert main(["sample", "--checkpoint", str(run), "--n", "20", "--nfe", "10", "--out", str(out), "--quiet"]) == 0
+    z = np.load(out)
+    assert z["samples"].shape == (20, 2) and z["labels"].tolist() == [i % 8 for i in range(20)]

@@ -1,0 +1,250 @@
+"""Tests for difflab.nets: shapes, embeddings, conditioning, gradients, rebuild, a tiny overfit."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from difflab.nets import MLP, UNet, build, param_count, timestep_embedding
+from difflab.nets.embeddings import LabelEmbedding, TimeEmbedding
+
+TINY = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), dropout=0.0,
+            groups=8)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These nets are tiny: extra threads only add overhead (and stall badly on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def perturb(net: torch.nn.Module, scale: float = 0.05, seed: int = 1) -> torch.nn.Module:
+    """Add small noise to every parameter, so zero-initialised layers pass signal and gradient."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return net
+
+
+def unet(**kw) -> UNet:
+    torch.manual_seed(0)
+    return UNet(**{**TINY, **kw})
+
+
+# ---- embeddings ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dim", [8, 33, 64])
+def test_timestep_embedding_matches_numpy(dim):
+    c = np.array([0.0, 1.0, 17.5, 500.0, 1000.0])
+    half = dim // 2
+    freqs = 10000.0 ** (-np.arange(half) / half)
+    want = np.concatenate([np.sin(c[:, None] * freqs), np.cos(c[:, None] * freqs)], axis=1)
+    if dim % 2:
+        want = np.pad(want, ((0, 0), (0, 1)))
+    got = timestep_embedding(torch.tensor(c, dtype=torch.float32), dim)
+    assert got.shape == (5, dim) and got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), want, atol=2e-4)
+
+
+def test_time_and_label_embedding_shapes():
+    assert TimeEmbedding(16)(torch.rand(3) * 1000).shape == (3, 64)
+    emb = LabelEmbedding(10, 12)
+    assert emb.embedding.num_embeddings == 11
+    y = torch.tensor([0, 9, -1, 10])
+    out = emb(y)
+    assert out.shape == (4, 12)
+    torch.testing.assert_close(out[2], emb.embedding.weight[10])     # -1 -> null row
+    torch.testing.assert_close(out[2], out[3])
+    torch.testing.assert_close(emb(None, 2), emb.embedding.weight[[10, 10]])
+    with pytest.raises(ValueError, match="labels"):
+        emb(torch.tensor([11]))
+
+
+# ---- U-Net shapes and errors ----------------------------------------------------------------------------
+@pytest.mark.parametrize("kw, shape, out_ch", [
+    (dict(in_channels=1), (2, 1, 8, 8), 1),
+    (dict(in_channels=3), (2, 3, 8, 8), 3),
+    (dict(in_channels=3, out_channels=6), (2, 3, 8, 8), 6),          # learned variance: 2 * in
+    (dict(channel_mult=(1, 2, 2), attention_resolutions=(7,), image_size=28), (2, 1, 28, 28), 1),  # 28/4 = 7
+    (dict(in_channels=1, channel_mult=(1,), num_heads=2), (2, 1, 5, 6), 1),
+    (dict(in_channels=2, num_classes=10), (3, 2, 16, 12), 2),
+])
+def test_unet_output_shapes(kw, shape, out_ch):
+    net = unet(**kw)
+    x = torch.randn(*shape)
+    out = net(x, torch.rand(shape[0]) * 1000)
+    assert out.shape == (shape[0], out_ch, *shape[2:])
+    assert out.is_contiguous()
+    assert torch.all(out == 0)                 # zero-initialised output conv
+
+
+def test_unet_attention_placement():
+    assert unet().attention_levels == [1]                                   # 8x8: attention at 4x4
+    net = unet(channel_mult=(1, 2, 2), attention_resolutions=(14,), image_size=28)
+    assert net.attention_levels == [1]
+    assert unet(attention_resolutions=()).attention_levels == []
+
+
+def test_unet_bad_sizes_raise():
+    net = unet(channel_mult=(1, 2, 2, 2))                                   # needs H, W divisible by 8
+    with pytest.raises(ValueError, match="divisible by 8"):
+        net(torch.randn(1, 1, 28, 28), torch.zeros(1))
+    with pytest.raises(ValueError, match="divisible"):
+        unet(channel_mult=(1, 2, 2, 2), image_size=28)
+    with pytest.raises(ValueError, match="shape"):
+        unet()(torch.randn(1, 3, 8, 8), torch.zeros(1))
+    with pytest.raises(ValueError, match="num_heads"):
+        unet(num_heads=3)
+
+
+def test_unet_groups_reduced_to_divisor():
+    net = UNet(base_channels=24, channel_mult=(1,), num_res_blocks=1, groups=32)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_channels % m.num_groups == 0 for m in norms)
+    assert net(torch.randn(1, 1, 4, 4), torch.zeros(1)).shape == (1, 1, 4, 4)
+
+
+# ---- conditioning -------------------------------------------------------------------------------------
+def test_unet_depends_on_c():
+    net = perturb(unet()).eval()
+    x = torch.randn(2, 1, 8, 8)
+    a = net(x, torch.tensor([10.0, 10.0]))
+    b = net(x, torch.tensor([900.0, 900.0]))
+    assert (a - b).abs().max() > 1e-3
+    torch.testing.assert_close(net(x, torch.tensor(10.0)), a)              # scalar c broadcasts
+
+
+def test_unet_depends_on_label_and_null_label():
+    net = perturb(unet(num_classes=10)).eval()
+    x = torch.randn(3, 1, 8, 8)
+    c = torch.full((3,), 300.0)
+    a = net(x, c, torch.tensor([1, 1, 1]))
+    b = net(x, c, torch.tensor([7, 7, 7]))
+    null = net(x, c, torch.tensor([-1, -1, -1]))
+    assert (a - b).abs().max() > 1e-3
+    assert (a - null).abs().max() > 1e-3
+    torch.testing.assert_close(net(x, c), null)                            # y=None -> null label
+    torch.testing.assert_close(net(x, c, torch.tensor([10, 10, 10])), null)
+    mixed = net(x, c, torch.tensor([1, -1, 7]))
+    torch.testing.assert_close(mixed, torch.stack([a[0], null[1], b[2]]))
+
+
+def test_channels_last_matches_contiguous():
+    net = perturb(unet(num_classes=3)).eval()
+    x, c, y = torch.randn(4, 1, 8, 8), torch.rand(4) * 1000, torch.tensor([0, 1, 2, -1])
+    net.channels_last = True
+    a = net(x, c, y)
+    net.channels_last = False
+    b = net(x, c, y)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+# ---- gradients, rebuild, determinism --------------------------------------------------------------------
+@pytest.mark.parametrize("make", [
+    lambda: unet(num_classes=4),
+    lambda: unet(in_channels=3, out_channels=6, channel_mult=(1, 2, 2), attention_resolutions=(8, 2),
+                 image_size=8, num_heads=2),
+    lambda: (torch.manual_seed(0), MLP(5, hidden=32, depth=3, num_classes=4))[1],
+])
+def test_gradients_reach_all_parameters(make):
+    net = perturb(make())
+    if isinstance(net, UNet):
+        x = torch.randn(4, net.in_channels, 8, 8)
+    else:
+        x = torch.randn(4, net.dim)
+    y = torch.tensor([0, 1, 3, -1])
+    net(x, torch.rand(4) * 1000, y).square().mean().backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing, missing
+
+
+def test_null_row_gets_gradient_only_from_null_labels():
+    net = perturb(unet(num_classes=4))
+    net(torch.randn(2, 1, 8, 8), torch.rand(2) * 1000, torch.tensor([0, 1])).sum().backward()
+    g = net.label_embed.embedding.weight.grad
+    assert g[4].abs().sum() == 0 and g[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name, make", [
+    ("unet", lambda: UNet(in_channels=3, base_channels=16, channel_mult=[1, 2, 2], num_classes=10,
+                          image_size=16, groups=8)),
+    ("mlp", lambda: MLP(2, hidden=64, depth=2, num_classes=3, out_dim=4)),
+])
+def test_rebuild_from_config(name, make):
+    net = make()
+    cfg = json.loads(json.dumps(net.config))                               # configs survive JSON
+    for again in (type(net)(**net.config), build(name, **cfg)):
+        assert type(again) is type(net)
+        assert param_count(again) == param_count(net)
+        again.load_state_dict(net.state_dict())                            # strict: same layout
+        assert again.config == net.config
+
+
+def test_build_and_param_count():
+    net = build("UNet", **TINY)
+    assert isinstance(net, UNet)
+    assert param_count(net) == sum(p.numel() for p in net.parameters()) > 0
+    assert param_count(torch.nn.Linear(3, 2)) == 8
+    with pytest.raises(ValueError, match="unknown network"):
+        build("resnet")
+
+
+def test_same_seed_same_init():
+    def state(make):
+        torch.manual_seed(123)
+        return make().state_dict()
+    for make in (lambda: UNet(**TINY), lambda: MLP(3)):
+        a, b = state(make), state(make)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(124)
+    c = UNet(**TINY).state_dict()
+    assert not torch.equal(c["input_conv.weight"], state(lambda: UNet(**TINY))["input_conv.weight"])
+
+
+# ---- MLP ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kw, out_dim", [
+    (dict(dim=2), 2), (dict(dim=5, out_dim=10), 10), (dict(dim=3, num_classes=4, norm=False), 3),
+    (dict(dim=64, hidden=32, depth=1, dropout=0.1), 64),
+])
+def test_mlp_shapes(kw, out_dim):
+    torch.manual_seed(0)
+    net = MLP(**kw)
+    out = net(torch.randn(7, kw["dim"]), torch.rand(7) * 1000)
+    assert out.shape == (7, out_dim)
+    assert 0 < out.abs().max() < 1.0                                       # small, not zero, at init
+
+
+def test_mlp_conditioning():
+    torch.manual_seed(0)
+    net = MLP(2, hidden=32, depth=2, num_classes=3).eval()
+    x = torch.randn(4, 2)
+    c = torch.full((4,), 100.0)
+    assert (net(x, c) - net(x, c + 500)).abs().max() > 1e-5
+    assert (net(x, c, torch.zeros(4, dtype=torch.long)) - net(x, c, torch.full((4,), 2))).abs().max() > 1e-5
+    torch.testing.assert_close(net(x, c), net(x, c, torch.full((4,), -1)))
+    with pytest.raises(ValueError, match="shape"):
+        net(torch.randn(4, 3), c)
+
+
+# ---- it can learn ---------------------------------------------------------------------------------------
+def test_tiny_unet_overfits_one_batch():
+    torch.manual_seed(0)
+    net = UNet(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, dropout=0.0, groups=8)
+    x = torch.randn(8, 1, 8, 8)
+    c = torch.linspace(0, 1000, 8)
+    target = torch.randn(8, 1, 8, 8)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss = (net(x, c) - target).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert math.isfinite(losses[-1])
+    assert min(losses[-5:]) < losses[0] / 10, (losses[0], losses[-5:])
