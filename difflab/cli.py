@@ -17,28 +17,25 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message}; see '{self.prog} --help'")
 
 
-def _positive_int(name):
+def _positive(name, kind=int):
+    """An argparse type: a positive int (or float) with a one-line message naming the flag."""
     def parse(s):
         try:
-            v = int(s)
+            v = kind(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}")
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be positive, got {v}")
-        return v
-    return parse
-
-
-def _positive_float(name):
-    def parse(s):
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {s!r}")
+            raise argparse.ArgumentTypeError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {s!r}")
         if not v > 0:
             raise argparse.ArgumentTypeError(f"{name} must be positive, got {v}")
         return v
     return parse
+
+
+def _positive_int(name):
+    return _positive(name, int)
+
+
+def _positive_float(name):
+    return _positive(name, float)
 
 
 def build_parser() -> argparse.ArgumentParser:
