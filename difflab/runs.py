@@ -7,6 +7,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import nets, schedules
+from .compiling import maybe_compile
 from .config import Config
 from .denoiser import Denoiser
 from .errors import UserError
@@ -16,7 +17,7 @@ __all__ = ["build_net", "build_schedule", "normalise", "check_compatible", "load
 
 # Settings a resumed run may change; everything else must match the checkpoint.
 RESUMABLE_KEYS = {"steps", "minutes", "checkpoint_every", "log_every", "device", "sampler", "nfe", "variance",
-                  "max_bad_steps"}
+                  "max_bad_steps", "compile"}
 
 
 def build_schedule(cfg: Config) -> schedules.Schedule:
@@ -25,16 +26,29 @@ def build_schedule(cfg: Config) -> schedules.Schedule:
 
 def build_net(cfg: Config) -> torch.nn.Module:
     """The network for cfg's data shape; the data fields must already be filled (see normalise)."""
+    from .families import build_net as family_net
+    from .families import is_family
+    if is_family(cfg.model):  # D3PM, VAE, HVAE build their own networks (difflab.families)
+        return family_net(cfg)
     shape = cfg.data_shape
     kw = dict(cfg.net_config)
     classes = cfg.num_classes if cfg.conditional else None
     if cfg.net == "unet":
         if cfg.data_kind != "image":
             raise UserError(f"net unet needs image data but '{cfg.data}' is vector data; use --net mlp")
+        if learned_variance(cfg):  # 2C outputs: prediction, then the variance's v (issue 4)
+            kw.setdefault("out_channels", 2 * shape[0])
         return nets.build("unet", in_channels=shape[0], num_classes=classes, image_size=shape[-1], **kw)
     if cfg.data_kind != "vector":
         raise UserError(f"net mlp needs vector data but '{cfg.data}' holds images; use --net unet")
+    if learned_variance(cfg):
+        kw.setdefault("out_dim", 2 * shape[0])
     return nets.build("mlp", dim=shape[0], num_classes=classes, **kw)
+
+
+def learned_variance(cfg: Config) -> bool:
+    """Does the network output a reverse variance too (cfg.variance_type learned | learned-range)?"""
+    return getattr(cfg, "variance_type", "fixed") != "fixed"
 
 
 def normalise(cfg: Config, ds) -> Config:
@@ -62,6 +76,8 @@ def check_compatible(stored: Config, overrides: dict) -> Config:
     out = replace(stored)
     for key, new in overrides.items():
         if new is None:
+            if key in ("steps", "minutes"):  # an explicit budget replaces the stored one (--minutes drops --steps)
+                setattr(out, key, None)
             continue
         if key in RESUMABLE_KEYS:
             setattr(out, key, new)
@@ -84,12 +100,20 @@ def load_run(path, device="cpu", use_ema: bool = True, labels=None) -> tuple[Con
                         "it was made by another model or version")
     net = net.to(device).eval()
     clip = (-1.0, 1.0) if cfg.data_kind == "image" else None
-    den = Denoiser.from_network(net, build_schedule(cfg), cfg.parameterization, clip=clip, labels=labels)
+    den = Denoiser.from_network(maybe_compile(net, cfg.compile), build_schedule(cfg), cfg.parameterization,
+                                clip=clip, labels=labels,
+                                variance_type=cfg.variance_type if learned_variance(cfg) else None)
+    if cfg.model in ("vdm", "priorgrad"):  # issue 4: the learned schedule / the data-dependent prior
+        from .vdm import adapt_denoiser
+        den = adapt_denoiser(cfg, net, den, tensors)
     return cfg, net, den
 
 
 def to_data_units(x: torch.Tensor, cfg: Config) -> torch.Tensor:
     """Model space -> data units: images [-1, 1] -> [0, 1]; vectors un-standardised."""
+    if cfg.model == "priorgrad":  # its denoiser samples whitened coordinates (issue 4, difflab/priorgrad.py)
+        from .priorgrad import to_model_space
+        x = to_model_space(x, cfg)
     if cfg.data_kind == "image":
         return ((x.float() + 1) / 2).clamp(0, 1)
     mean = torch.tensor(cfg.data_mean, dtype=torch.float32, device=x.device)

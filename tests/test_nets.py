@@ -248,3 +248,18 @@ def test_tiny_unet_overfits_one_batch():
         losses.append(loss.item())
     assert math.isfinite(losses[-1])
     assert min(losses[-5:]) < losses[0] / 10, (losses[0], losses[-5:])
+
+
+def test_resblock_keeps_the_embedding_through_group_norm():
+    """A ResBlock adds Linear(emb) per channel and then normalises; with one channel per group that offset
+    would be erased and the block's output would not depend on the noise level or label at all."""
+    from difflab.nets.unet import ResBlock
+    torch.manual_seed(0)
+    for ch in (8, 32, 64):
+        block = ResBlock(ch, ch, emb_dim=16, groups=32).eval()
+        torch.nn.init.normal_(block.conv2.weight)  # zero at init
+        x = torch.randn(2, ch, 8, 8)
+        e1, e2 = torch.randn(2, 16), torch.randn(2, 16)
+        with torch.no_grad():
+            d = (block(x, e1) - block(x, e2)).abs().max().item()
+        assert d > 1e-3, (ch, d)

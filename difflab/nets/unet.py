@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .embeddings import LabelEmbedding, TimeEmbedding, noise_input
 
@@ -11,8 +12,10 @@ __all__ = ["UNet", "ResBlock", "AttentionBlock", "group_norm"]
 
 
 def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
-    """GroupNorm with the largest group count <= groups that divides channels."""
-    g = max(1, min(groups, channels))
+    """GroupNorm with the largest group count <= groups that divides channels and leaves at least 4 channels
+    per group. (With one channel per group the norm subtracts each channel's mean, which erases the
+    per-channel noise-level and label embedding a ResBlock adds just before it.)"""
+    g = max(1, min(groups, channels // 4))
     while channels % g:
         g -= 1
     return nn.GroupNorm(g, channels)
@@ -29,8 +32,10 @@ class ResBlock(nn.Module):
 
     GN-SiLU-conv3x3, + Linear(emb), GN-SiLU-dropout-conv3x3 (zero-init); 1x1-conv skip if channels differ."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0, groups: int = 32):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0, groups: int = 32,
+                 recompute_activations: bool = False):
         super().__init__()
+        self.recompute_activations = recompute_activations
         self.norm1 = group_norm(in_ch, groups)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, out_ch)
@@ -40,10 +45,20 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(emb)[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self._recomputed(self._half1, x) + self.emb(emb)[:, :, None, None]
+        h = self._recomputed(self._half2, h)
         return self.skip(x) + h
+
+    def _half1(self, x):
+        return self.conv1(F.silu(self.norm1(x)))
+
+    def _half2(self, h):
+        return self.conv2(self.dropout(F.silu(self.norm2(h))))
+
+    def _recomputed(self, fn, x):
+        if self.recompute_activations and torch.is_grad_enabled() and x.requires_grad:
+            return checkpoint(fn, x, use_reentrant=False)
+        return fn(x)
 
 
 class AttentionBlock(nn.Module):
@@ -123,6 +138,10 @@ class UNet(nn.Module):
             time embedding; y=None means the null label.
         image_size: nominal input size (only used to place attention); inputs of other sizes still run.
         groups: GroupNorm groups, reduced to a divisor of each channel count.
+        recompute_activations: in training, keep only each ResBlock's input and middle sum and recompute its
+            GroupNorm-SiLU-(dropout-)conv halves in the backward pass (torch.utils.checkpoint, same dropout
+            masks): same outputs and gradients, less peak memory (benchmarks/speed.py, memory table), 9% more
+            forward+backward time (measured at 8x8, batch 128, one CPU thread).
 
     The middle block (ResBlock-Attention-ResBlock) always has attention. `UNet(**net.config)` rebuilds it.
     """
@@ -130,7 +149,7 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int = 1, out_channels: int | None = None, base_channels: int = 64,
                  channel_mult=(1, 2), num_res_blocks: int = 2, attention_resolutions=(4,),
                  dropout: float = 0.1, num_heads: int = 1, num_classes: int | None = None,
-                 image_size: int | None = None, groups: int = 32):
+                 image_size: int | None = None, groups: int = 32, recompute_activations: bool = False):
         super().__init__()
         channel_mult = tuple(int(m) for m in channel_mult)
         attention_resolutions = tuple(int(r) for r in attention_resolutions)
@@ -140,7 +159,8 @@ class UNet(nn.Module):
         self.config = dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
                            channel_mult=list(channel_mult), num_res_blocks=num_res_blocks,
                            attention_resolutions=list(attention_resolutions), dropout=dropout,
-                           num_heads=num_heads, num_classes=num_classes, image_size=image_size, groups=groups)
+                           num_heads=num_heads, num_classes=num_classes, image_size=image_size, groups=groups,
+                           recompute_activations=recompute_activations)
         self.in_channels, self.out_channels, self.num_classes = in_channels, out_channels, num_classes
         self.factor = 2 ** (len(channel_mult) - 1)
         if image_size is not None and image_size % self.factor:
@@ -155,7 +175,7 @@ class UNet(nn.Module):
         self.label_embed = LabelEmbedding(num_classes, emb_dim) if num_classes is not None else None
 
         def res(i, o):
-            return ResBlock(i, o, emb_dim, dropout, groups)
+            return ResBlock(i, o, emb_dim, dropout, groups, recompute_activations)
 
         def attn(ch, level):
             return AttentionBlock(ch, num_heads, groups) if level in self.attention_levels else None
@@ -217,11 +237,14 @@ class UNet(nn.Module):
                 h_ = block(h_)
         return self.out_conv(F.silu(self.out_norm(h_))).contiguous()
 
-    # Feature maps in channels_last (NHWC) memory: True, False, or None = automatic: on CPU for batches of
-    # 64 or more, where it made inference ~10-15% faster (training: no change; small batches: slower).
+    # Feature maps in channels_last (NHWC) memory: True, False, or None = automatic: on CPU, without autograd
+    # (sampling), for batches of 64 or more of maps of 32x32 or more. Measured on a 2-core AVX2 CPU
+    # (benchmarks/speed.py): inference 17% faster at 32x32 (batch 64), but 27% slower at 28x28 with 32 channels and
+    # 10% slower at 8x8 (CPU GroupNorm on NHWC is slow for small maps), and training never faster.
     channels_last: bool | None = None
 
     def _channels_last(self, h: torch.Tensor) -> bool:
         if self.channels_last is None:
-            return h.device.type == "cpu" and h.shape[0] >= 64
+            return (h.device.type == "cpu" and not torch.is_grad_enabled() and h.shape[0] >= 64
+                    and h.shape[2] * h.shape[3] >= 1024)
         return self.channels_last
