@@ -13,10 +13,10 @@ from . import gaussian as G
 from .denoiser import noise_level_input
 from .schedules import Schedule
 
-__all__ = ["DiffusionLoss"]
+__all__ = ["DiffusionLoss", "OBJECTIVES", "build_objective"]
 
 
-class DiffusionLoss:
+class DiffusionLoss(torch.nn.Module):
     """Denoising loss of a Gaussian diffusion on a discrete schedule.
 
     Args:
@@ -26,12 +26,13 @@ class DiffusionLoss:
     """
 
     def __init__(self, schedule: Schedule, parameterization: str = "eps", p_uncond: float = 0.0):
+        super().__init__()
         self.schedule = schedule
         self.parameterization = parameterization
         self.p_uncond = p_uncond
         self._alpha_bars = schedule.alpha_bars  # float64 (T,)
 
-    def __call__(self, net, x0: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator):
+    def forward(self, net, x0: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator):
         """Scalar loss for a batch x0 (N, ...); labels (N,) int64 or None."""
         n, dev = x0.shape[0], x0.device
         t = torch.randint(1, self.schedule.T + 1, (n,), generator=generator, device=dev)
@@ -50,3 +51,50 @@ class DiffusionLoss:
         else:
             target = G.v_from_eps_x0(eps, x0, ab)
         return (out.float() - target).pow(2).mean()
+
+
+def _gaussian(cfg, schedule: Schedule) -> torch.nn.Module:
+    if (getattr(cfg, "loss", "simple") != "simple" or getattr(cfg, "variance_type", "fixed") != "fixed"
+            or getattr(cfg, "importance_sampling", False)):  # issue 4: L_vlb, hybrid, learned variance
+        from .vlb_loss import GaussianVLBLoss
+        return GaussianVLBLoss(schedule, cfg.parameterization, cfg.loss, cfg.variance_type, cfg.variance,
+                               cfg.data_levels if cfg.data_kind == "image" else None, cfg.vlb_weight,
+                               cfg.importance_sampling, cfg.p_uncond if cfg.conditional else 0.0)
+    return DiffusionLoss(schedule, cfg.parameterization, cfg.p_uncond if cfg.conditional else 0.0)
+
+
+# cfg.model -> builder(cfg, schedule) -> objective, an nn.Module called as objective(net, x0, labels, generator)
+# returning a scalar loss. Its parameters are trained with the network's (e.g. a learned schedule) and its
+# state_dict (parameters and buffers, e.g. a loss history) is saved in the checkpoint as "objective.*".
+OBJECTIVES = {"gaussian": _gaussian}
+
+
+def _family(cfg, schedule: Schedule) -> torch.nn.Module:
+    """D3PM (hybrid loss), VAE and HVAE (negative ELBO): difflab.families; they ignore the Gaussian schedule."""
+    from .families import build_objective as family_objective
+    return family_objective(cfg)
+
+
+OBJECTIVES.update({"d3pm": _family, "vae": _family, "hvae": _family})
+
+
+def _vdm(cfg, schedule: Schedule) -> torch.nn.Module:
+    """VDM: the learned schedule and the continuous-time bound (difflab.vdm, issue 4); ignores `schedule`."""
+    from .vdm import VDMLoss
+    return VDMLoss(cfg.data_levels if cfg.data_kind == "image" else None)
+
+
+def _priorgrad(cfg, schedule: Schedule) -> torch.nn.Module:
+    """PriorGrad: the data-dependent prior N(mu, diag sigma^2) (difflab.priorgrad, issue 4)."""
+    from .priorgrad import PriorGradLoss
+    return PriorGradLoss(schedule, cfg)
+
+
+OBJECTIVES.update({"vdm": _vdm, "priorgrad": _priorgrad})
+
+
+def build_objective(cfg, schedule: Schedule) -> torch.nn.Module:
+    if cfg.model not in OBJECTIVES:
+        from .errors import UserError
+        raise UserError(f"unknown model '{cfg.model}'; choose one of {', '.join(sorted(OBJECTIVES))}")
+    return OBJECTIVES[cfg.model](cfg, schedule)

@@ -25,14 +25,18 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import data as data_lib
+from .compiling import maybe_compile
 from .config import Config
+from .device_step import DeviceGuard
 from .errors import UserError
-from .losses import DiffusionLoss
+from .losses import build_objective
 from .runs import build_net, build_schedule, check_compatible, normalise
 
 __all__ = ["train", "TrainingDiverged"]
 
 _MIX = 1_000_003  # separates the per-step seed streams
+# devices whose step keeps the non-finite guard on the device (no host sync per step; difflab/device_step.py)
+_DEVICE_GUARD_DEVICES = {"cuda"}
 
 
 class TrainingDiverged(UserError):
@@ -62,8 +66,9 @@ def _dist():
     return dist.get_rank(), world
 
 
-def _state_tensors(net, ema, opt) -> dict[str, torch.Tensor]:
+def _state_tensors(net, ema, opt, objective) -> dict[str, torch.Tensor]:
     t = {f"model.{k}": v for k, v in net.state_dict().items()}
+    t.update({f"objective.{k}": v for k, v in objective.state_dict().items()})
     t.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     for i, st in opt.state_dict()["state"].items():
         for k, v in st.items():
@@ -162,10 +167,14 @@ def train(cfg: Config, out, resume: bool = False, progress: bool = True, stop_fl
     ema = build_net(cfg).to(dev)
     ema.load_state_dict(net.state_dict())
     ema.requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = build_objective(cfg, build_schedule(cfg)).to(dev)
+    use_guard = dev.type in _DEVICE_GUARD_DEVICES and cfg.precision != "fp16"
+    opt = torch.optim.AdamW(list(net.parameters()) + list(loss_fn.parameters()), lr=cfg.lr,
+                            weight_decay=cfg.weight_decay, fused=True if use_guard else None)
     step, elapsed = 0, 0.0
     if tensors is not None:
         net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        loss_fn.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("objective.")})
         ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
         _load_optimizer(opt, tensors)
         step, elapsed = meta["step"], meta.get("elapsed_s", 0.0)
@@ -173,8 +182,7 @@ def train(cfg: Config, out, resume: bool = False, progress: bool = True, stop_fl
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(net, device_ids=[dev.index] if dev.type == "cuda" else None)
-    loss_fn = DiffusionLoss(build_schedule(cfg), cfg.parameterization,
-                            cfg.p_uncond if cfg.conditional else 0.0)
+    model = maybe_compile(model, cfg.compile)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     if cfg.precision == "fp16" and dev.type != "cuda":
         raise UserError("fp16 training needs a CUDA GPU; use --precision bf16 on the CPU")
@@ -198,7 +206,7 @@ def train(cfg: Config, out, resume: bool = False, progress: bool = True, stop_fl
              "version": 1}
         if scaler is not None:
             m["grad_scale"] = float(scaler.get_scale())
-        ckpt.save(out / ckpt.CHECKPOINT_NAME, _state_tensors(net, ema, opt), m)
+        ckpt.save(out / ckpt.CHECKPOINT_NAME, _state_tensors(net, ema, opt, loss_fn), m)
 
     batches_per_epoch = max(1, n_data // cfg.batch_size)
     perm_cache: dict[int, torch.Tensor] = {}
@@ -227,8 +235,9 @@ def train(cfg: Config, out, resume: bool = False, progress: bool = True, stop_fl
                dynamic_ncols=True, desc="train", file=sys.stderr)
     if cfg.minutes is not None and total is None:
         bar.total = None
-    params = [p for p in net.parameters()]
+    params = list(net.parameters()) + list(loss_fn.parameters())
     ema_params = [p for p in ema.parameters()]
+    guard = DeviceGuard(opt, params, ema_params, dev) if use_guard else None
     bad = 0
     t_last, n_last = time.perf_counter(), 0
     t_start = time.perf_counter() - elapsed
@@ -253,14 +262,24 @@ def train(cfg: Config, out, resume: bool = False, progress: bool = True, stop_fl
             with autocast():
                 loss = loss_fn(model, xb, yb, g)
             opt.zero_grad(set_to_none=True)
-            ok = bool(torch.isfinite(loss))
-            if ok:
+            ok = guard is None and bool(torch.isfinite(loss))
+            if guard is not None:  # the same guard without reading anything back but when logging
+                gnorm = guard.step(loss, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"),
+                                   min(cfg.ema_decay, (1 + step) / (10 + step)))
+                ok = True
+                if dev.type != "cuda" or (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                    ok, worst = guard.read()
+                    if worst >= cfg.max_bad_steps:
+                        raise TrainingDiverged(
+                            f"training diverged: {worst} consecutive steps with a non-finite loss or gradient by "
+                            f"step {step}; lower --lr (now {cfg.lr}) or use --precision fp32")
+            elif ok:
                 (scaler.scale(loss) if scaler else loss).backward()
                 if scaler:
                     scaler.unscale_(opt)
                 gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
                 ok = bool(torch.isfinite(gnorm))
-            if ok:
+            if ok and guard is None:
                 if scaler:
                     scaler.step(opt)
                     scaler.update()
@@ -268,9 +287,9 @@ def train(cfg: Config, out, resume: bool = False, progress: bool = True, stop_fl
                     opt.step()
                 decay = min(cfg.ema_decay, (1 + step) / (10 + step))
                 with torch.no_grad():
-                    torch._foreach_lerp_(ema_params, params, 1 - decay)
+                    torch._foreach_lerp_(ema_params, params[:len(ema_params)], 1 - decay)
                 bad = 0
-            else:
+            elif guard is None:
                 bad += 1
                 if scaler:
                     scaler.update()

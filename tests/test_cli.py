@@ -74,7 +74,10 @@ BAD = [
     (["train", "--data", "toy:moons", "--out", "{tmp}/r", "--steps", "2", "--schedule", "zigzag"], "zigzag"),
     (["train", "--data", "toy:moons", "--out", "{tmp}/r", "--steps", "2", "--config", "{tmp}/nope.toml"], "nope"),
     (["train", "--data", "toy:moons", "--out", "{tmp}/r", "--steps", "2", "--config", "{tmp}/bad.toml"], "TOML"),
+    (["train", "--data", "toy:moons", "--out", "{tmp}/r", "--steps", "2", "--config", "{tmp}/bad.yaml"], "YAML"),
+    (["train", "--data", "toy:moons", "--out", "{tmp}/r", "--steps", "2", "--config", "{tmp}/list.yml"], "mapping"),
     (["train", "--data", "toy:moons", "--out", "/proc/nope/r", "--steps", "2"], "cannot write"),
+    (["eval", "--metrics", "x"], "--checkpoint"),
     (["sample", "--checkpoint", "{tmp}/nothing", "--out", "{tmp}/s.npz"], "no checkpoint"),
     (["sample", "--checkpoint", "{tmp}/corrupt.safetensors", "--out", "{tmp}/s.npz"], "corrupt"),
     (["sample", "--checkpoint", "{run}", "--out", "{tmp}/s.npz", "--n", "0"], "--n"),
@@ -90,6 +93,8 @@ def test_bad_input_one_line_exit_2(args, needle, tmp_path, toy_run, capsys):
     np.save(tmp_path / "nan.npy", np.array([[np.nan, 1.0]] * 10))
     (tmp_path / "garbage.npy").write_bytes(b"this is not an array")
     (tmp_path / "bad.toml").write_text("steps = = 3")
+    (tmp_path / "bad.yaml").write_text("steps: [3\nlr: 1")
+    (tmp_path / "list.yml").write_text("- 1\n- 2\n")
     (tmp_path / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
     args = [a.format(tmp=tmp_path, run=toy_run) for a in args]
     code, err = run_cli(capsys, *args)
@@ -132,3 +137,23 @@ def test_conditional_run_writes_labels(tmp_path):
     assert main(["sample", "--checkpoint", str(run), "--n", "20", "--nfe", "10", "--out", str(out), "--quiet"]) == 0
     z = np.load(out)
     assert z["samples"].shape == (20, 2) and z["labels"].tolist() == [i % 8 for i in range(20)]
+
+
+def test_yaml_config_equals_toml_config(tmp_path):
+    from difflab.config import load_config
+    (tmp_path / "c.toml").write_text('lr = 0.0005\nschedule = "cosine"\n[net_config]\nhidden = 64\ndepth = 2\n')
+    (tmp_path / "c.yaml").write_text("lr: 0.0005\nschedule: cosine\nnet_config:\n  hidden: 64\n  depth: 2\n")
+    a = load_config("toy", str(tmp_path / "c.toml"), {"seed": 3})
+    b = load_config("toy", str(tmp_path / "c.yaml"), {"seed": 3})
+    assert a == b and a.lr == 0.0005 and a.schedule == "cosine" and a.net_config == {"hidden": 64, "depth": 2}
+
+
+def test_resume_with_minutes_replaces_a_step_budget(tmp_path):
+    import json
+    run = tmp_path / "r"
+    assert main(["train", "--data", "toy:moons", "--out", str(run), "--steps", "3", "--quiet"]) == 0
+    assert main(["train", "--out", str(run), "--resume", "--minutes", "0.05", "--quiet"]) == 0
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["steps"] is None and meta["minutes"] == 0.05
+    steps = [json.loads(ln)["step"] for ln in (run / "log.jsonl").read_text().splitlines()]
+    assert max(steps) > 3
