@@ -7,6 +7,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from . import gaussian, schedules
 from .denoiser import Denoiser
 from .errors import UserError
+from .likelihood import bits_per_dim, log_prob  # noqa: F401  (exported: difflab.log_prob, difflab.bits_per_dim)
 from .samplers import sample
 
 __version__ = "0.1.0"

@@ -78,3 +78,25 @@ class GaussianMixture:
         def fn(x, alpha_bar):
             return self.eps(x.double(), alpha_bar).to(x.dtype)
         return Denoiser.from_eps(fn, schedule)
+
+    def eps_at(self, x, alpha_bar: float) -> torch.Tensor:
+        """`eps` for a whole batch x (N, D) at one noise level, by matrix products (no (N, K, D) temporaries;
+        10-30x faster for samplers and benchmarks). With m_k = sqrt(ab) mu_k, v_k = ab s_k^2 + 1 - ab:
+            log N(x; m_k, v_k) = -1/2 (x^2 . 1/v_k - 2 x . m_k/v_k + m_k . m_k/v_k + sum log v_k) + const,
+            score = sum_k r_k (m_k - x) / v_k = r @ (m / v) - x * (r @ (1 / v)),  eps = -sqrt(1 - ab) score."""
+        x = torch.as_tensor(x, dtype=torch.float64)
+        ab = float(alpha_bar)
+        m, v = math.sqrt(ab) * self.means, ab * self.stds ** 2 + (1 - ab)
+        iv, mv = 1 / v, m / v
+        logn = -0.5 * ((x * x) @ iv.T - 2 * x @ mv.T + (m * mv).sum(1) + v.log().sum(1))
+        r = torch.softmax(self.weights.log() + logn, dim=1)
+        return -math.sqrt(1 - ab) * (r @ mv - x * (r @ iv))
+
+    def fast_denoiser(self, schedule: Schedule) -> Denoiser:
+        """The same exact denoiser as `denoiser`, using `eps_at` when the batch shares one noise level."""
+        def fn(x, alpha_bar):
+            ab = alpha_bar.reshape(-1)
+            if bool((ab == ab[0]).all()):
+                return self.eps_at(x.double(), float(ab[0])).to(x.dtype)
+            return self.eps(x.double(), alpha_bar).to(x.dtype)
+        return Denoiser.from_eps(fn, schedule)

@@ -20,8 +20,8 @@ log-SNR lambda = -2 log sigma. ODE solvers work in the VE form: dx/dsigma = (x -
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -32,8 +32,8 @@ from .denoiser import Denoiser
 from .schedules import Schedule
 
 __all__ = ["sample", "NAMES", "GRIDS", "timesteps", "alpha_bar_grid", "make_grid", "ancestral_variances",
-           "ancestral", "ddim", "langevin", "annealed_langevin", "euler_maruyama", "srk", "pc", "heun", "ode",
-           "dpmpp_2m", "dpmpp_3m", "unipc"]
+           "tuned_order", "ancestral", "ddim", "langevin", "annealed_langevin", "euler_maruyama", "srk", "pc",
+           "heun", "ode", "dpmpp_2m", "dpmpp_3m", "unipc"]
 
 
 # ============================================================================================
@@ -79,8 +79,13 @@ def _grid_uniform(schedule, n):
 def _grid_time(schedule, n, power=1.0):
     """t_i = t_min + (t_max - t_min) (1 - i/(n-1))^power on the schedule's continuous time."""
     t_min, t_max = sdes.VPSDE(schedule).t_range()
-    u = torch.linspace(1.0, 0.0, n, dtype=torch.float64) ** power if n > 1 else torch.ones(1, dtype=torch.float64)
-    return schedule.alpha_bar(t_min + (t_max - t_min) * u)
+    one = torch.ones(1, dtype=torch.float64)
+    u = torch.linspace(1.0, 0.0, n, dtype=torch.float64) ** power if n > 1 else one
+    log_ab = schedule.alpha_bar(t_min + (t_max - t_min) * u).log()
+    # the continuous alpha_bar(t) may miss the discrete ab_T slightly: map [ends] affinely onto it in log
+    lo, hi = (math.log(v) for v in _range(schedule))
+    a, b = float(schedule.alpha_bar(t_max).log()), float(schedule.alpha_bar(t_min).log())
+    return torch.exp(lo + (log_ab - a) * (hi - lo) / (b - a))
 
 
 def _grid_logsnr(schedule, n):
@@ -100,41 +105,84 @@ def _karras_sigmas(s_hi, s_lo, n, rho):
 
 
 def _grid_karras(schedule, n, rho=7.0):
-    """EDM's grid (Karras et al. 2022): sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho."""
+    """EDM's grid (Karras et al. 2022):
+    sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho."""
     lo, hi = _range(schedule)
     return _ab_of_sigma(_karras_sigmas(_sig(lo), _sig(hi), n, rho))
 
 
-# The "tuned" grid: sigma_max, then n - 1 levels from sigma_hi down to sigma_lo whose log-sigma steps
-# shrink linearly, step_k ~ 1 + gamma (1 - 2k / (n - 3)). (sigma_hi, sigma_lo, gamma) per n were chosen
-# (benchmarks/samplers_grid_tuning.py) so that UniPC-2 (bh2) followed by the final ODE step reproduces the
-# variance of Gaussian data N(m, s^2) for every scale s in [0.03, 4]: a grid that resolves each data
-# scale as it is crossed, free of any data set. n outside the table uses the nearest entry.
-_TUNED = {}  # n -> (sigma_hi, sigma_lo, gamma)
+# The "tuned" grid: sigma_max, then the levels below (VE sigmas, schedule-free), for the default UniPC
+# of the given order. They were found by benchmarks/samplers_grid_tuning.py (rerun it to regenerate the
+# table and its per-problem errors), minimising UniPC's log-density error, exactly computable and data-free, on
+#   - Gaussian data N(m, s^2) at 17 scales s in [0.03, 4] (the PF-ODE is linear: output variance known),
+#     scaled to the data dimension (in D dims a variance error v shifts log q by -D/2 (v - 1)), and
+#   - two-mode 1-D mixtures (modes 1 .. 8 apart; the 1-D PF-ODE map is monotone, so the exact sampler
+#     sends quantiles to quantiles), weighted by the number of between-mode directions.
+# High-dimensional data (D > 8) are dominated by the first, low-dimensional data by the second, hence two
+# tables. The grid resolves each data scale and each mode separation as it is crossed, no data set
+# involved. n below the table: log-sigma interpolated over the nearest larger entry (as Align Your Steps
+# does). n above the table (11 levels and more): sigma_max, then n - 1 levels log-uniform in the band
+# sigma 10 .. 0.02 (`_BAND`) for UniPC of order 4. Measured on the benchmark's three mixtures (2-D, 64-D,
+# 64-D wide; n = 3000, error = gap minus the gap of the exact PF-ODE map of the same noise): at 11, 12, 15,
+# 20, 30 levels the band is within 0.26, 0.18, 0.07, 0.04, 0.02 nat where the interpolated table was 0.81,
+# 0.84, 0.84, 0.56, 0.24 off; at <= 10 levels the table wins (10: 0.52 vs 1.6).
+# Levels are clipped to the schedule's range.
+_TUNED: dict[str, dict[int, tuple[int, list[float]]]] = {  # "high"/"low" -> n -> (order, sigma_1..)
+    "high": {
+        5: (2, [4.283, 1.065, 0.1835, 0.0402]),
+        6: (2, [5.049, 1.651, 0.3118, 0.1135, 0.0326]),
+        7: (2, [6.811, 2.168, 0.5521, 0.1677, 0.0725, 0.0267]),
+        8: (2, [9.39, 2.925, 0.7969, 0.2853, 0.09808, 0.05189, 0.02157]),
+        9: (2, [15.72, 4.147, 1.177, 0.3851, 0.1484, 0.06093, 0.03287, 0.01595]),
+        10: (2, [29.02, 10.33, 2.496, 0.7713, 0.2658, 0.1082, 0.04741, 0.026, 0.01359]),
+    },
+    "low": {
+        10: (2, [17.04, 5.931, 2.262, 1.157, 0.5685, 0.2477, 0.128, 0.0557, 0.0266]),
+    },
+}
+_LOW_DIM = 8
+_BAND = (10.0, 0.02, 4)  # (sigma_hi, sigma_lo, UniPC order) of the tuned grid beyond the tables
 
 
-def _grid_tuned(schedule, n):
-    """sigma_max, then a band sigma_hi -> sigma_lo with linearly shrinking log steps, tuned for UniPC-2."""
+def _table(dim):
+    t = _TUNED["low"] if (dim is not None and dim <= _LOW_DIM and _TUNED["low"]) else _TUNED["high"]
+    return t
+
+
+def _tuned_entry(n, dim=None):
+    """(order, interior log-sigmas (n - 1,)) for n levels, interpolating the table when n is not in it."""
+    table = _table(dim)
+    if n > max(table):
+        hi, lo, order = _BAND
+        return order, torch.linspace(math.log(hi), math.log(lo), n - 1, dtype=torch.float64)
+    if n in table:
+        order, sig = table[n]
+        return order, torch.tensor(sig, dtype=torch.float64).log()
+    k = min(k for k in table if k > n)
+    order, sig = table[k]
+    src = torch.tensor(sig, dtype=torch.float64).log()
+    pos = torch.linspace(0, len(src) - 1, n - 1, dtype=torch.float64)
+    lo = pos.floor().long().clamp(max=len(src) - 2)
+    w = pos - lo
+    return order, src[lo] * (1 - w) + src[lo + 1] * w
+
+
+def _grid_tuned(schedule, n, dim=None):
+    """sigma_max, then the tuned levels for n (see _TUNED) and the data dimension, clipped to the range."""
     lo, hi = _range(schedule)
     s_max, s_min = _sig(lo), _sig(hi)
-    if n < 3 or not _TUNED:
+    if n < 3:
         return _grid_logsnr(schedule, n)
-    key = min(_TUNED, key=lambda k: (abs(k - n), -k))
-    s_hi, s_lo, gamma = _TUNED[key]
-    if key != n and n > max(_TUNED):  # beyond the table: keep the band, spread the extra levels in it
-        gamma *= max(_TUNED) / n
-    s_hi, s_lo = min(s_hi, s_max), max(s_lo, s_min)
-    if not s_hi > s_lo:
-        return _grid_logsnr(schedule, n)
-    m = n - 1
-    k = torch.arange(m - 1, dtype=torch.float64)
-    w = 1 + gamma * (1 - 2 * k / max(m - 2, 1))
-    log_sig = math.log(s_hi) - torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(w, 0) / w.sum()]) \
-        * (math.log(s_hi) - math.log(s_lo))
-    sig = torch.cat([torch.tensor([s_max], dtype=torch.float64), log_sig.exp()])
-    if not bool((sig[:-1] > sig[1:]).all()):
+    _, log_sig = _tuned_entry(n, dim)
+    sig = torch.cat([torch.tensor([s_max], dtype=torch.float64), log_sig.exp().clamp(s_min, s_max)])
+    if not bool((sig[:-1] > sig[1:]).all()):  # a schedule too narrow for the table
         return _grid_logsnr(schedule, n)
     return _ab_of_sigma(sig)
+
+
+def tuned_order(n: int, dim: int | None = None) -> int:
+    """The UniPC order the tuned grid for n levels (and data of dimension dim) was made for."""
+    return _tuned_entry(n, dim)[0] if n >= 3 else 2
 
 
 GRIDS: dict[str, Callable] = {
@@ -147,12 +195,13 @@ GRIDS: dict[str, Callable] = {
 }
 
 
-def make_grid(schedule: Schedule, n: int, kind="uniform") -> torch.Tensor:
+def make_grid(schedule: Schedule, n: int, kind="uniform", dim: int | None = None) -> torch.Tensor:
     """(n,) increasing float64 alpha_bars within [ab_T, ab_1], first = the noisiest level used.
 
     kind: a name in GRIDS ("uniform" integer steps, "time", "quadratic" (more steps at low noise),
     "logsnr", "karras" (rho = 7), "tuned"), a callable (schedule, n) -> alpha_bars, integer step
-    indices in 1..T (respacing to any subset of steps), or explicit float alpha_bars."""
+    indices in 1..T (respacing to any subset of steps), or explicit float alpha_bars. dim: the data's
+    dimension (the "tuned" grid depends on it)."""
     n = int(n)
     if n < 1:
         raise ValueError(f"a grid needs at least one level, got {n}")
@@ -160,7 +209,7 @@ def make_grid(schedule: Schedule, n: int, kind="uniform") -> torch.Tensor:
     if isinstance(kind, str):
         if kind not in GRIDS:
             raise ValueError(f"unknown grid {kind!r}; choose one of {', '.join(GRIDS)}")
-        ab = GRIDS[kind](schedule, n)
+        ab = _grid_tuned(schedule, n, dim) if kind == "tuned" else GRIDS[kind](schedule, n)
     elif callable(kind):
         ab = kind(schedule, n)
     else:
@@ -270,18 +319,49 @@ def ancestral(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator
     (seed 004 eq. 7) and sigma^2 from `ancestral_variances` ("small" beta~, "large" beta, or v in [0, 1]).
     No noise is added on the last step (to x_0). x: (N, ...) noise at grid[0]; grid: increasing
     alpha_bars ending with 1. One denoiser call per step."""
+    if variance == "analytic":
+        return _ancestral_analytic(denoiser, x, grid, generator, progress, trajectory)
     if variance not in ("small", "large") and not isinstance(variance, (int, float)):
-        raise ValueError(f"variance must be 'small', 'large' or a number in [0, 1], got {variance!r}")
+        raise ValueError(f"variance must be 'small', 'large', 'analytic' or a number in [0, 1], got {variance!r}")
     var_all = ancestral_variances(grid, variance)
+    learned = getattr(denoiser, "variance_type", None)  # a learned-variance model uses its own (issue 4)
+    if learned:
+        from .vlb import model_log_variance, step_log_variances
+        tables = step_log_variances(grid)
     n = x.shape[0]
     for i in range(len(grid) - 1):
         ab_t, ab_s = grid[i].expand(n), grid[i + 1].expand(n)
         x0, _ = _predict(denoiser, x, grid[i], progress)
         mean, _ = G.posterior_mean_var(x0, x, ab_t, ab_s)
         if i < len(grid) - 2:
-            x = mean + float(var_all[i]) ** 0.5 * _noise_like(x, generator)
+            std = float(var_all[i]) ** 0.5 if not learned else \
+                (0.5 * model_log_variance(learned, tables, i, denoiser._last_v)).exp().to(x.dtype)
+            x = mean + std * _noise_like(x, generator)
         else:
             x = mean
+        _record(trajectory, x)
+    return x
+
+
+def _ancestral_analytic(denoiser, x, grid, generator, progress, trajectory):
+    """Ancestral sampling with the reverse kernel's second moment matched (Analytic-DPM, Bao et al. 2022,
+    diagonal form). The true q(x_s | x_t) has covariance beta~ + c0^2 Cov(x0 | x_t), c0 = sqrt(ab_s) (1 - a_ts)
+    / (1 - ab_t) the posterior mean's x0 coefficient; beta~ alone drops the second term and under-disperses
+    data finer than the smallest noise levels (in 64-D, +0.9 nat at T = 1000). Averaged over x_t, per
+    coordinate d:  E Var(x0_d | x_t) = (1 - ab_t) / ab_t (1 - E[eps_hat_d^2]),  with E[eps_hat_d^2] taken over
+    the batch being sampled (a Monte Carlo draw of the marginal; use batches of hundreds). The step to x_0
+    draws from N(x0_hat, that variance) too. One denoiser call per step."""
+    n = x.shape[0]
+    for i in range(len(grid) - 1):
+        ab_t, ab_s = grid[i], grid[i + 1]
+        x0, eps = _predict(denoiser, x, ab_t, progress)
+        mean, _ = G.posterior_mean_var(x0, x, ab_t.expand(n), ab_s.expand(n))
+        a_ts = float(ab_t / ab_s)
+        beta_tilde = (1 - float(ab_s)) / (1 - float(ab_t)) * (1 - a_ts)
+        c0 = math.sqrt(float(ab_s)) * (1 - a_ts) / (1 - float(ab_t))
+        var_x0 = (1 - float(ab_t)) / float(ab_t) * (1 - eps.double().pow(2).mean(0)).clamp(min=0)
+        std = (beta_tilde + c0 ** 2 * var_x0).sqrt().to(x.dtype)
+        x = mean + std * _noise_like(x, generator)
         _record(trajectory, x)
     return x
 
@@ -325,16 +405,19 @@ def langevin(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=
 
 
 def annealed_langevin(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None,
-                      steps_per_level=5, step: float = 0.05, denoise: bool = True,
+                      steps_per_level=5, step: float = 0.2, denoise: bool = True,
                       progress: Callable | None = None, trajectory: list | None = None):
     """Annealed Langevin dynamics (NCSN, seed 003 / Song & Ermon 2019 Algorithm 1) in VE units.
 
     For each level sigma_i of the grid (noisiest first), `steps_per_level` updates
-        x <- x + a_i score_i(x) + sqrt(2 a_i) z,   a_i = step * sigma_i^2   (NCSN's eps sigma_i^2 / sigma_L^2),
+        x <- x + a_i score_i(x) + sqrt(2 a_i) z,  a_i = step * sigma_i^2  (NCSN's eps sigma_i^2 / sigma_L^2),
     then, with denoise=True, one Tweedie step x0 = x + sigma_L^2 score (Jolicoeur-Martineau et al. 2021).
     steps_per_level: an int, or a list of ints per level. x: (N, ...) a N(0, I) draw, scaled to sigma_max."""
     n_lev = len(grid) - 1
-    per = list(steps_per_level) if isinstance(steps_per_level, (list, tuple)) else [int(steps_per_level)] * n_lev
+    if isinstance(steps_per_level, (list, tuple)):
+        per = list(steps_per_level)
+    else:
+        per = [int(steps_per_level)] * n_lev
     x = x * math.sqrt(1.0 / float(grid[0]))  # the VE prior: x_ve = x_vp / sqrt(ab_T)
     for i in range(n_lev):
         ab = grid[i]
@@ -364,10 +447,10 @@ def _sde_start(s, t0, x):
     return x * float(s.prior_std(t0))
 
 
-def _sde_denoise(s, denoiser, x, t, progress):
-    """x0_hat at SDE time t (N, ...): the VP denoiser's Tweedie estimate at ab_eq(t)."""
+def _sde_denoise(s, denoiser, x, t, ab, progress):
+    """x0_hat at SDE time t (N, ...): the VP denoiser's Tweedie estimate at ab = ab_eq(t) (a grid level)."""
     c = float(s.scale_to_vp(t))
-    return _predict(denoiser, c * x, s.alpha_bar_eq(t), progress)[0]
+    return _predict(denoiser, c * x, ab, progress)[0]
 
 
 def _rev_drift(s, denoiser, x, t, progress, probability_flow=False):
@@ -389,9 +472,10 @@ def euler_maruyama(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gene
     for i in range(len(t) - 1):
         h = float(t[i] - t[i + 1])
         _, g = s.sde(x, t[i])
-        x = x - _rev_drift(s, denoiser, x, t[i], progress) * h + float(g[0]) * math.sqrt(h) * _noise_like(x, generator)
+        dw = math.sqrt(h) * _noise_like(x, generator)
+        x = x - _rev_drift(s, denoiser, x, t[i], progress) * h + float(g[0]) * dw
         _record(trajectory, x)
-    return _sde_denoise(s, denoiser, x, t[-1], progress)
+    return _sde_denoise(s, denoiser, x, t[-1], grid[-2], progress)
 
 
 def srk(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, sde="vp",
@@ -416,7 +500,7 @@ def srk(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None,
             a1 = _rev_drift(s, denoiser, x_e, t[i + 1], progress)
             x = x - 0.5 * (a0 + a1) * h + 0.5 * float(g0[0] + g1[0]) * dw
         _record(trajectory, x)
-    return _sde_denoise(s, denoiser, x, t[-1], progress)
+    return _sde_denoise(s, denoiser, x, t[-1], grid[-2], progress)
 
 
 def pc(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, sde="vp", snr: float = 0.16,
@@ -425,14 +509,15 @@ def pc(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, 
     """Predictor-corrector sampling (Song et al. 2021, seed 002).
 
     At each level: `n_corrector` Langevin corrector steps at target signal-to-noise ratio r = snr,
-        a = 2 alpha (r ||z|| / ||score||)^2,  x <- x + a score + sqrt(2 a) z   (per example; alpha = 1 - beta_i
-        for VP, 1 otherwise), then one predictor step to the next level: "reverse_diffusion" (the
-        discretised reverse SDE: VP x' = (2 - sqrt(1 - beta_i)) x + beta_i score + sqrt(beta_i) z; VE
-        x' = x + (sig_t^2 - sig_s^2) score + sqrt(sig_t^2 - sig_s^2) z) or "euler_maruyama".
+        a = 2 alpha (r ||z|| / ||score||)^2,   x <- x + a score + sqrt(2 a) z
+    (norms averaged over the batch as in score_sde; alpha = 1 - beta_i for VP, 1 otherwise), then one
+    predictor step to the next level, "reverse_diffusion" (the discretised reverse SDE) or "euler_maruyama":
+        VP  x' = (2 - sqrt(1 - beta_i)) x + beta_i score + sqrt(beta_i) z,
+        VE  x' = x + (sig_t^2 - sig_s^2) score + sqrt(sig_t^2 - sig_s^2) z   (sub-VP: Euler-Maruyama).
     The first `skip_corrector_first` levels skip the corrector (so any nfe can be met); x0_hat at the end."""
     s, t = _sde_setup(denoiser, grid, sde)
     x = _sde_start(s, t[0], x)
-    flat = (lambda v: v.reshape(v.shape[0], -1).norm(dim=1))
+    flat = (lambda v: v.reshape(v.shape[0], -1).norm(dim=1).mean())  # batch-mean norms, as score_sde
     for i in range(len(t) - 1):
         beta_i = float(1 - grid[i] / grid[i + 1])  # the discrete (respaced) beta of this step
         if i >= skip_corrector_first:
@@ -442,9 +527,8 @@ def pc(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, 
                 if progress:
                     progress()
                 z = _noise_like(x, generator)
-                a = 2 * alpha * (snr * flat(z) / flat(score).clamp(min=1e-12)) ** 2
-                a = G.expand(a, x)
-                x = x + a * score + (2 * a).sqrt() * z
+                a = float(2 * alpha * (snr * flat(z) / flat(score).clamp(min=1e-12)) ** 2)
+                x = x + a * score + math.sqrt(2 * a) * z
         h = float(t[i] - t[i + 1])
         if predictor == "reverse_diffusion" and s.name in ("vp", "ve"):
             score = s.score(denoiser, x, t[i])
@@ -458,11 +542,12 @@ def pc(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, 
                 x = x + d2 * score + math.sqrt(d2) * z
         elif predictor in ("euler_maruyama", "reverse_diffusion"):
             _, g = s.sde(x, t[i])
-            x = x - _rev_drift(s, denoiser, x, t[i], progress) * h + float(g[0]) * math.sqrt(h) * _noise_like(x, generator)
+            dw = math.sqrt(h) * _noise_like(x, generator)
+            x = x - _rev_drift(s, denoiser, x, t[i], progress) * h + float(g[0]) * dw
         else:
             raise ValueError(f"predictor must be 'reverse_diffusion' or 'euler_maruyama', got {predictor!r}")
         _record(trajectory, x)
-    return _sde_denoise(s, denoiser, x, t[-1], progress)
+    return _sde_denoise(s, denoiser, x, t[-1], grid[-2], progress)
 
 
 # ============================================================================================
@@ -491,8 +576,8 @@ def ode(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None,
     x = torch.from_numpy(sol.y[:, -1]).reshape(shape).to(dtype)
     _record(trajectory, x)
     # to VE units at the last level, then the final step to ab = 1
-    ab = s.alpha_bar_eq(t[-1])
-    x_ve = x * float(s.scale_to_vp(t[-1]) / ab.sqrt())
+    ab = grid[-2]  # the last level (= ab_eq(t[-1]) up to rounding)
+    x_ve = x / float(s.marginal(t[-1])[0])
     d = _ve_x0(denoiser, progress)(x_ve, ab)
     return _ode_final(x_ve, d, final)
 
@@ -578,7 +663,7 @@ def _unipc_coefs(rks, h, p, variant):
     return np.linalg.solve(R, b), B
 
 
-def unipc(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, order: int = 2,
+def unipc(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, order: int | None = None,
           variant: str = "bh2", corrector: bool = True, final: str = "ode", progress: Callable | None = None,
           trajectory: list | None = None):
     """UniPC (Zhao et al. 2023), data prediction in VE form, lambda = -log sigma, h = lambda_t - lambda_s:
@@ -587,7 +672,10 @@ def unipc(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=Non
     corrector UniC-p:  the same from x_s with the new D_t added (r = 1), applied once D_t is known,
     so the corrector costs no call; r_k = (lambda_{s_k} - lambda_s) / h. Order-2 predictor and order-1
     corrector use the weight 1/2 (the h -> 0 limit), as in the paper. One call per level, then the final
-    ODE step to ab = 1. order: 1..4 (ramped up over the first steps)."""
+    ODE step to ab = 1. order: 1..4 (ramped up over the first steps); None: the order the tuned grid
+    of this many levels was made for (`tuned_order`)."""
+    if order is None:
+        order = tuned_order(len(grid) - 1, x[0].numel())
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
     levels = grid[:-1]
@@ -689,7 +777,7 @@ _SPECS: dict[str, _Spec] = {
     "ancestral": _Spec(),
     "ddim": _Spec(),
     "langevin": _Spec(levels=lambda nfe: 1, grid=_langevin_grid, options=lambda nfe: {"n_steps": nfe}),
-    "annealed_langevin": _Spec(levels=_annealed_levels, grid="logsnr", options=_annealed_options),
+    "annealed_langevin": _Spec(levels=_annealed_levels, grid="karras", options=_annealed_options),
     "euler_maruyama": _Spec(grid="time"),
     "srk": _Spec(levels=_two_per_step, grid="time", options=lambda nfe: {"first_euler": nfe % 2 == 0}),
     "pc": _Spec(levels=_pc_levels, grid="time", options=_pc_options),
@@ -701,6 +789,7 @@ _SPECS: dict[str, _Spec] = {
 }
 
 _ADAPTIVE = {"ode"}  # samplers whose call count the solver decides
+_SDE_SAMPLERS = {"euler_maruyama", "srk", "pc", "ode"}  # samplers with an sde= option
 
 
 @torch.inference_mode()
@@ -715,6 +804,8 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sampler: str = "ancestral", 
     if sampler not in NAMES:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(NAMES)}")
     spec = _SPECS[sampler]
+    if sampler in _SDE_SAMPLERS and "sde" not in options and denoiser.schedule.name == "ve":
+        options["sde"] = "ve"  # a VE-trained model (schedules.ve) runs the VE SDE unless told otherwise
     if nfe is None and grid is not None and not isinstance(grid, str) and not callable(grid) \
             and spec.levels(7) == 7 and sampler not in ("pc", "annealed_langevin"):
         nfe = len(make_grid(denoiser.schedule, 1, grid))  # one call per level: the grid sets nfe
@@ -734,9 +825,13 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sampler: str = "ancestral", 
     if explicit:
         levels = make_grid(denoiser.schedule, 1, grid)
         if len(levels) != n_levels and sampler not in _ADAPTIVE:
-            raise ValueError(f"sampler {sampler!r} with nfe={nfe} needs a grid of {n_levels} levels, got {len(levels)}")
+            raise ValueError(f"sampler {sampler!r} with nfe={nfe} needs a grid of {n_levels} levels, "
+                             f"got {len(levels)}")
     else:
-        levels = make_grid(denoiser.schedule, n_levels, spec.grid if grid is None else grid)
+        kind = spec.grid if grid is None else grid
+        levels = make_grid(denoiser.schedule, n_levels, kind, dim=noise[0].numel())
+        if sampler == "unipc" and "order" not in options:  # the order goes with the grid
+            auto = {**auto, "order": tuned_order(n_levels, noise[0].numel()) if kind == "tuned" else 2}
     full = torch.cat([levels, torch.ones(1, dtype=torch.float64)])
     x = noise * G.expand(torch.ones(1, dtype=torch.float64), noise)  # a copy; noise is N(0, I) at ab_T ~ 0
     return NAMES[sampler](denoiser, x, full, generator=generator, **{**auto, **options})

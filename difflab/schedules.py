@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Schedule", "linear", "cosine", "sigmoid", "from_betas", "by_name", "NAMES"]
+__all__ = ["Schedule", "linear", "cosine", "sigmoid", "ve", "from_betas", "by_name", "NAMES"]
 
 
 @dataclass
@@ -157,7 +157,31 @@ def sigmoid(T: int = 1000, start: float = -3.0, end: float = 3.0, tau: float = 1
                     {"T": T, "start": start, "end": end, "tau": tau, "max_beta": max_beta})
 
 
-NAMES = {"linear": linear, "cosine": cosine, "sigmoid": sigmoid}
+def ve(T: int = 1000, sigma_min: float = 0.01, sigma_max: float = 50.0) -> Schedule:
+    """Variance-exploding noise levels (NCSN, seed 003; VE SDE, seed 002) as a VP schedule.
+
+    Geometric sigma_k = sigma_min (sigma_max / sigma_min)^((k - 1) / (T - 1)), k = 1..T, and
+    alpha_bar_k = 1 / (1 + sigma_k^2): the VE sample x0 + sigma eps is the VP sample x_k / sqrt(alpha_bar_k)
+    (sigma^2 = (1 - ab) / ab), so every Gaussian tool applies. With it, L_simple (eps-MSE, k uniform) is
+    denoising score matching with lambda(sigma) = sigma^2, sigma log-uniform:
+        sigma^2 || s(x0 + sigma eps, sigma) + eps / sigma ||^2 = || sigma s + eps ||^2 = || eps_hat - eps ||^2.
+    Continuous time: sigma(t) = sigma_min (sigma_max / sigma_min)^((t T - 1) / (T - 1)), so ab(k / T) = ab_k."""
+    _check_T(T)
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    log_ratio = math.log(sigma_max / sigma_min)
+
+    def alpha_bar_fn(t):
+        u = (torch.as_tensor(t, dtype=torch.float64) * T - 1) / max(T - 1, 1)
+        return 1.0 / (1.0 + (sigma_min * torch.exp(u * log_ratio)) ** 2)
+
+    ab = torch.cat([torch.ones(1, dtype=torch.float64),
+                    alpha_bar_fn(torch.arange(1, T + 1, dtype=torch.float64) / T)])
+    betas = 1.0 - ab[1:] / ab[:-1]
+    return Schedule("ve", betas, alpha_bar_fn, {"T": T, "sigma_min": sigma_min, "sigma_max": sigma_max})
+
+
+NAMES = {"linear": linear, "cosine": cosine, "sigmoid": sigmoid, "ve": ve}
 
 
 def by_name(name: str, **params) -> Schedule:

@@ -9,9 +9,9 @@ wrapped with `Denoiser.from_eps`) provides its score:
     reverse-time SDE   dx = [f(x, t) - g(t)^2 grad log p_t(x)] dt + g(t) dw_bar          (seed 002)
     probability flow   dx/dt = f(x, t) - 1/2 g(t)^2 grad log p_t(x)
 
-    VP      f = -1/2 beta(t) x,  g^2 = beta(t),                      m = sqrt(ab), s^2 = 1 - ab
-    sub-VP  f = -1/2 beta(t) x,  g^2 = beta(t) (1 - ab(t)^2),        m = sqrt(ab), s   = 1 - ab
-    VE      f = 0,               g^2 = d sigma^2 / dt,               m = 1,        s^2 = sigma^2 = (1 - ab) / ab
+    VP      f = -1/2 beta(t) x,  g^2 = beta(t),                m = sqrt(ab), s^2 = 1 - ab
+    sub-VP  f = -1/2 beta(t) x,  g^2 = beta(t) (1 - ab(t)^2),  m = sqrt(ab), s   = 1 - ab
+    VE      f = 0,               g^2 = d sigma^2 / dt,         m = 1,        s^2 = sigma^2 = (1 - ab) / ab
 with beta(t) = -d log ab(t) / dt.
 
 VP <-> VE <-> sub-VP: a marginal with the same signal-to-noise ratio m^2 / s^2 is the VP marginal at
@@ -97,7 +97,16 @@ class SDE:
         """grad_x log p_t(x) (N, ...) from a VP denoiser: c * score_vp(c x, ab_eq). t: scalar or (N,)."""
         t = _f64(t).reshape(-1).expand(x.shape[0])
         c = G.expand(self.scale_to_vp(t), x)
-        return c * denoiser.score(c * x, self.alpha_bar_eq(t))
+        return c * denoiser.score(c * x, self._snap(self.alpha_bar_eq(t)))
+
+    def _snap(self, ab_eq: torch.Tensor) -> torch.Tensor:
+        """ab_eq within 1e-9 (relative) of the schedule's ends is set to the end: the bisection of
+        `t_of_alpha_bar_eq` must not step a grid level out of the denoiser's range by rounding. Levels
+        genuinely outside the range (e.g. sub-VP at small t) are left alone."""
+        ab = self.schedule.alpha_bars
+        for end in (float(ab[0]), float(ab[-1])):
+            ab_eq = torch.where((ab_eq - end).abs() <= 1e-9 * end, torch.full_like(ab_eq, end), ab_eq)
+        return ab_eq
 
     def t_of_alpha_bar_eq(self, ab_eq) -> torch.Tensor:
         """Inverse of ab_eq(t) by bisection (ab_eq decreases in t), float64, shape of ab_eq."""
