@@ -55,6 +55,8 @@ class Denoiser:
         self.parameterization = parameterization
         self.clip = clip
         self.nfe = 0
+        self.variance_type = None  # "learned" | "learned-range": fn's output has 2x channels (issue 4, vlb.py)
+        self._last_v = None
 
     @classmethod
     def from_eps(cls, fn: Callable, schedule: Schedule, clip=None) -> Denoiser:
@@ -63,12 +65,13 @@ class Denoiser:
 
     @classmethod
     def from_network(cls, net: torch.nn.Module, schedule: Schedule, parameterization: str = "eps",
-                     clip=None, labels: torch.Tensor | None = None) -> "Denoiser":
+                     clip=None, labels: torch.Tensor | None = None, variance_type: str | None = None) -> Denoiser:
         """Wrap a difflab network net(x, c[, y]) conditioned on noise_level_input(alpha_bar).
 
         For class-conditional nets, set `denoiser.labels` ((N,) int64, -1 = unconditional) before sampling."""
         den = cls(None, schedule, parameterization, clip)
         den.labels = labels
+        den.variance_type = variance_type
 
         def fn(x, alpha_bar):
             c = noise_level_input(alpha_bar).to(x.device)
@@ -81,7 +84,17 @@ class Denoiser:
     def _raw(self, x, alpha_bar):
         alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).reshape(-1).expand(x.shape[0])
         self.nfe += 1
-        return self.fn(x, alpha_bar), alpha_bar
+        out = self.fn(x, alpha_bar)
+        if self.variance_type is not None:  # learned variance: second half of the channels (dim 1)
+            out, self._last_v = out.chunk(2, dim=1)
+        return out, alpha_bar
+
+    def predict_with_variance(self, x, alpha_bar):
+        """(x0, eps, v): predict's pair and the raw variance output (N, ...) of a learned-variance model
+        (see difflab.vlb.model_log_variance), None for fixed-variance ones. One call of fn."""
+        self._last_v = None
+        x0, eps = self.predict(x, alpha_bar)
+        return x0, eps, self._last_v
 
     def predict(self, x: torch.Tensor, alpha_bar) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0, eps), both (N, ...), consistent with each other after optional clipping."""
@@ -112,3 +125,16 @@ class Denoiser:
     def v(self, x, alpha_bar):
         x0, eps = self.predict(x, alpha_bar)
         return G.v_from_eps_x0(eps, x0, torch.as_tensor(alpha_bar, dtype=torch.float64).reshape(-1).expand(x.shape[0]))
+
+    def posterior_mean(self, x, alpha_bar, alpha_bar_prev):
+        """mu_theta(x_t) = mean of q(x_s | x_t, x0_hat), s the level alpha_bar_prev > alpha_bar (seed 004 eq. 7):
+        the posterior-mean parameterisation, shape of x (issue 4)."""
+        n = x.shape[0]
+        ab_t = torch.as_tensor(alpha_bar, dtype=torch.float64).reshape(-1).expand(n)
+        ab_s = torch.as_tensor(alpha_bar_prev, dtype=torch.float64).reshape(-1).expand(n)
+        return G.posterior_mean_var(self.x0(x, ab_t), x, ab_t, ab_s)[0]
+
+    @classmethod
+    def from_score(cls, fn: Callable, schedule: Schedule, clip=None) -> Denoiser:
+        """Wrap a score model fn(x_t, alpha_bar) -> grad log p(x_t): eps = -sqrt(1 - ab) score (issue 4)."""
+        return cls(lambda x, ab: G.eps_from_score(fn(x, ab), ab), schedule, "eps", clip)
