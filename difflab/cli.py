@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train on the digits, sample and draw the pictures (about 10 minutes)")
     d.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     d.add_argument("--minutes", type=_positive_float("--minutes"), default=9.5,
-                   help="wall-clock budget in all (default 9.5: ~8 training, ~1 sampling)")
+                   help="wall-clock budget in all (default 9.5: ~7 training, ~2 sampling)")
     d.add_argument("--n", type=_positive_int("--n"), default=1000, help="samples to draw (default 1000)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true")

@@ -19,7 +19,8 @@ from .generate import generate, save_npz
 __all__ = ["run_demo"]
 
 
-NFE = 100  # the demo samples with the ancestral sampler respaced to 100 of the T = 1000 steps
+NFE = 200  # the demo samples with the ancestral sampler respaced to 200 of the T = 1000 steps (measured on one
+# checkpoint: 91.5% confident at 200 against 89.0% at 100, 87.1% with unipc at 20)
 
 
 def _sampling_seconds(cfg, n: int, nfe: int) -> float:
