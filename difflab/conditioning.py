@@ -16,9 +16,9 @@ from tqdm import tqdm
 from .config import Config
 from .denoiser import Denoiser
 from .errors import UserError
+from .generate import resolve_sampler
 from .guidance import HOOK_SAMPLERS, ab_range_of_steps, guided_sample, ilvr_hook, inpaint_hook
 from .runs import to_data_units
-from .samplers import NAMES as SAMPLERS
 from .samplers import alpha_bar_grid
 
 __all__ = ["load_image", "load_mask", "parse_classes", "parse_step_range", "generate_conditional",
@@ -145,14 +145,7 @@ def generate_conditional(cfg: Config, den: Denoiser, n: int, seed: int = 0, batc
     """n samples in data units and their labels (n,) (None without classes), like `generate.generate` (the
     same per-batch seeding (seed, b)), with conditioning. classes: sample i gets classes[i % len(classes)].
     reference (C, H, W) in [0, 1]; mask (C, H, W) 0 / 1."""
-    sampler = sampler or cfg.sampler
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    nfe = nfe or cfg.nfe or den.schedule.T
-    if not 1 <= nfe <= den.schedule.T:
-        raise UserError(f"--nfe must be between 1 and T={den.schedule.T}, got {nfe}")
-    if sampler == "ancestral":
-        options.setdefault("variance", cfg.variance)
+    sampler, nfe = resolve_sampler(cfg, den, sampler, nfe, options)
     shape = tuple(cfg.data_shape)
     ref = None if reference is None else (reference.float() * 2 - 1).to(device)  # model units
     out = []

@@ -16,7 +16,21 @@ from .runs import to_data_units
 from .samplers import NAMES as SAMPLERS
 from .samplers import alpha_bar_grid, sample
 
-__all__ = ["generate", "save_npz", "check_writable"]
+__all__ = ["generate", "resolve_sampler", "save_npz", "check_writable"]
+
+
+def resolve_sampler(cfg: Config, den: Denoiser, sampler: str | None, nfe: int | None, options: dict):
+    """(sampler, nfe) with the run's defaults filled in and checked; sets the run's ancestral variance in
+    `options` unless given."""
+    sampler = sampler or cfg.sampler
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    nfe = nfe or cfg.nfe or den.schedule.T
+    if not 1 <= nfe <= den.schedule.T:
+        raise UserError(f"--nfe must be between 1 and T={den.schedule.T}, got {nfe}")
+    if sampler == "ancestral":
+        options.setdefault("variance", cfg.variance)
+    return sampler, nfe
 
 
 def generate(cfg: Config, den: Denoiser, n: int, seed: int = 0, batch_size: int = 500, sampler: str | None = None,
@@ -30,14 +44,7 @@ def generate(cfg: Config, den: Denoiser, n: int, seed: int = 0, batch_size: int 
     the same samples."""
     if n < 1:
         raise UserError(f"--n must be positive, got {n}")
-    sampler = sampler or cfg.sampler
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    nfe = nfe or cfg.nfe or den.schedule.T
-    if not 1 <= nfe <= den.schedule.T:
-        raise UserError(f"--nfe must be between 1 and T={den.schedule.T}, got {nfe}")
-    if sampler == "ancestral":
-        options.setdefault("variance", cfg.variance)
+    sampler, nfe = resolve_sampler(cfg, den, sampler, nfe, options)
     shape = tuple(cfg.data_shape)
     out, frames = [], []
     n_batches = (n + batch_size - 1) // batch_size

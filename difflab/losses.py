@@ -13,7 +13,19 @@ from . import gaussian as G
 from .denoiser import noise_level_input
 from .schedules import Schedule
 
-__all__ = ["DiffusionLoss", "OBJECTIVES", "build_objective"]
+__all__ = ["DiffusionLoss", "noised_forward", "OBJECTIVES", "build_objective"]
+
+
+def noised_forward(net, x0: torch.Tensor, ab: torch.Tensor, labels, p_uncond: float, generator: torch.Generator):
+    """x_t = sqrt(ab) x0 + sqrt(1 - ab) eps (seed 004 eq. 4), labels dropped to the null label (-1) with
+    probability p_uncond, and the network's output on them. ab: (N,) float64. Returns (x_t, eps, out)."""
+    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    x_t = G.q_sample(x0, ab, eps)
+    if labels is not None and p_uncond > 0:
+        drop = torch.rand(x0.shape[0], generator=generator, device=x0.device) < p_uncond
+        labels = torch.where(drop, torch.full_like(labels, -1), labels)
+    c = noise_level_input(ab)
+    return x_t, eps, (net(x_t, c) if labels is None else net(x_t, c, labels))
 
 
 class DiffusionLoss(torch.nn.Module):
@@ -37,13 +49,7 @@ class DiffusionLoss(torch.nn.Module):
         n, dev = x0.shape[0], x0.device
         t = torch.randint(1, self.schedule.T + 1, (n,), generator=generator, device=dev)
         ab = self._alpha_bars.to(dev)[t - 1]
-        eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
-        x_t = G.q_sample(x0, ab, eps)
-        if labels is not None and self.p_uncond > 0:
-            drop = torch.rand(n, generator=generator, device=dev) < self.p_uncond
-            labels = torch.where(drop, torch.full_like(labels, -1), labels)
-        c = noise_level_input(ab)
-        out = net(x_t, c) if labels is None else net(x_t, c, labels)
+        x_t, eps, out = noised_forward(net, x0, ab, labels, self.p_uncond, generator)
         if self.parameterization == "eps":
             target = eps
         elif self.parameterization == "x0":

@@ -16,7 +16,7 @@ import math
 import torch
 
 from . import gaussian as G
-from .denoiser import noise_level_input
+from .losses import noised_forward
 from .schedules import Schedule
 from .vlb import decoder_nll, normal_kl, step_log_variances
 
@@ -127,13 +127,7 @@ class GaussianVLBLoss(torch.nn.Module):
             t, w = self.sampler.sample(n, generator)
             t, w = t.to(dev), w.to(dev)
         ab = self._ab.to(dev)[t]
-        eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
-        x_t = G.q_sample(x0, ab, eps)
-        if labels is not None and self.p_uncond > 0:
-            drop = torch.rand(n, generator=generator, device=dev) < self.p_uncond
-            labels = torch.where(drop, torch.full_like(labels, -1), labels)
-        c = noise_level_input(ab)
-        out = net(x_t, c) if labels is None else net(x_t, c, labels)
+        x_t, eps, out = noised_forward(net, x0, ab, labels, self.p_uncond, generator)
         pred, v_out = out.chunk(2, dim=1) if self.variance_type != "fixed" else (out, None)
         per_example = torch.zeros(n, dtype=torch.float64, device=dev)
         if self.loss in ("simple", "hybrid"):
