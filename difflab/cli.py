@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--quiet", action="store_true")
     e.add_argument("--evaluator", help="classifier weights for image metrics (default: the one shipped for the data)")
+    e.add_argument("--inception", help="Inception weights on disk for inception_fid: pytorch-fid's "
+                   "pt_inception-2015-12-05 .pth (or .safetensors) or a TorchScript inception-2015-12-05.pt "
+                   "(default: $DIFFLAB_INCEPTION; never downloaded)")
 
     d = sub.add_parser("demo", help="train on the digits, sample and draw the pictures (about 10 minutes)")
     d.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
@@ -199,9 +202,13 @@ def cmd_eval(a) -> int:
                       sampler=a.sampler, nfe=a.nfe, batch_size=a.batch_size, device=a.device,
                       progress=not a.quiet, out_dir=out_dir)
     ctx.evaluator = a.evaluator
+    ctx.inception = a.inception
     names = [m.strip() for m in a.metrics.split(",") if m.strip()]
     from .cli_tools import expand_metric_names
     names = expand_metric_names(names, ctx)   # "default": the default set for the data (issue 7)
+    if "inception_fid" in names:              # fail before any metric runs
+        from .inception import resolve_path
+        ctx.inception = str(resolve_path(a.inception))
     res = evaluate(ctx, names)
     text = json.dumps(res, indent=2, default=float)
     if js:

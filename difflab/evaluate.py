@@ -64,6 +64,7 @@ class EvalContext:
     progress: bool = True
     out_dir: Path | None = None
     evaluator: str | None = None     # classifier weights for image metrics (default: the one shipped for the data)
+    inception: str | None = None     # Inception weights on disk for inception_fid (else $DIFFLAB_INCEPTION)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def _cached(self, key, make):

@@ -17,7 +17,8 @@ sqrt(p (1 - p) / (n chunks)), given the manifolds. `better` is "lower", "higher"
 the floor is best).
 
 Images are judged in the feature space of a domain classifier (`difflab.feature_net`): shipped for the
-digits, or `--evaluator FILE`. Vectors are judged in data units.
+digits, or `--evaluator FILE`. Vectors are judged in data units. `inception_fid` is the Frechet distance in
+the features of TensorFlow's FID Inception from a file on the user's disk (`difflab.inception`).
 """
 from __future__ import annotations
 
@@ -169,6 +170,39 @@ def frechet(ctx: EvalContext) -> dict:
     out = paired_figure(lambda x: M.frechet_distance(*M.gaussian_stats(x), *ref), f["fake"]["feat"],
                         f["floor"]["feat"], "lower", len(f["reference"]["feat"]))
     out["space"] = "classifier features" if _kind(ctx) == "image" else "data units"
+    return out
+
+
+INCEPTION_BATCH = 32        # images per Inception forward (299 x 299 activations: about 1 GB at 32)
+
+
+@metric("inception_fid")
+def inception_fid(ctx: EvalContext) -> dict:
+    """FID: the Frechet distance in the 2048-d pool3 features of TensorFlow's FID Inception, loaded from the
+    file given by --inception or $DIFFLAB_INCEPTION (`difflab.inception`; never downloaded). Same figure as
+    `frechet`: samples against the held-out split, floor = real images at the same n. The floor pool is the
+    training split (Inception saw none of it); only the images the chunks use go through the network."""
+    _need_image(ctx, "inception_fid")
+    from .data import from_unit
+    from .inception import inception_features, load_inception, resolve_path
+    path = resolve_path(getattr(ctx, "inception", None))
+    x, _ = ctx.samples
+    ref, pool = ctx.real_units(ctx.heldout), ctx.real_units(ctx.train_split)
+    if tuple(x.shape[1:]) != tuple(ref.shape[1:]):
+        raise UserError(f"samples have shape {tuple(x.shape[1:])} but the data '{ctx.data_spec}' has "
+                        f"{tuple(ref.shape[1:])}; give the --data the model was trained on")
+    n = min(len(x), len(pool))
+    if n < 4:                   # the half-sampling s.e. fits a covariance to n // 2 >= 2 images
+        raise UserError(f"inception_fid needs at least 4 samples and 4 real images, got {len(x)} and {len(pool)}")
+    x, pool = (v[:min(len(v) // n, MAX_CHUNKS) * n] for v in (x, pool))   # only what paired_figure's chunks read
+    model = load_inception(path, device=ctx.device)
+    feats = {name: inception_features(model, from_unit(v), INCEPTION_BATCH, ctx.device, ctx.progress,
+                                      f"inception {name}").numpy()
+             for name, v in (("reference", ref), ("samples", x), ("floor", pool))}
+    fd = M.frechet_to_reference(*M.gaussian_stats(feats["reference"]))
+    out = paired_figure(fd, feats["samples"], feats["floor"], "lower", len(ref))
+    out["space"] = f"Inception pool3 features ({feats['reference'].shape[1]}-d, {model.kind})"
+    out["inception"] = str(path)
     return out
 
 

@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["frechet_distance", "gaussian_stats", "frechet_from_features", "pairwise_distances", "knn_radii",
+__all__ = ["frechet_distance", "gaussian_stats", "frechet_from_features", "frechet_to_reference", "pairwise_distances",
+           "knn_radii",
            "inside_balls",
            "precision_recall", "inception_score", "class_histogram", "w2_1d", "w2sq_sorted_columns",
            "random_directions", "sliced_w2", "rbf_kernel", "mmd2", "median_bandwidth", "bootstrap_se",
@@ -63,6 +64,31 @@ def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray]:
 def frechet_from_features(f1, f2) -> float:
     """FD between the Gaussians fitted to two feature sets (N1, D), (N2, D)."""
     return frechet_distance(*gaussian_stats(f1), *gaussian_stats(f2))
+
+
+def frechet_to_reference(mu_ref, cov_ref) -> Callable[[np.ndarray], float]:
+    """features (N, D) -> frechet_distance(*gaussian_stats(features), mu_ref, cov_ref), for many feature sets
+    against one reference (e.g. 2048-d Inception features). The same formula, arranged for speed: R = S_ref^1/2
+    once; with A the centred features, S = A^T A / (N - 1) and R S R = B^T B / (N - 1) for B = A R, so
+    tr (R S R)^1/2 is the sum of the singular values of B / sqrt(N - 1): an N x D problem, not D x D."""
+    mu_ref, cov_ref = _f64(mu_ref), np.atleast_2d(_f64(cov_ref))
+    r = _psd_sqrt(cov_ref)
+    tr_ref = float(np.trace(cov_ref))
+
+    def fd(features) -> float:
+        f = _f64(features)
+        if f.ndim != 2 or len(f) < 2:
+            raise ValueError(f"features must be (N, D) with N >= 2, got shape {f.shape}")
+        mu = f.mean(0)
+        a = f - mu
+        if len(f) - 1 < f.shape[1]:
+            tr_sqrt = np.linalg.svd(a @ r, compute_uv=False).sum() / np.sqrt(len(f) - 1)
+        else:
+            m = r @ (a.T @ a / (len(f) - 1)) @ r
+            tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+        d = mu - mu_ref
+        return float(d @ d + (a * a).sum() / (len(f) - 1) + tr_ref - 2 * tr_sqrt)
+    return fd
 
 
 # ------------------------------------------------------------------------------- precision / recall

@@ -40,6 +40,21 @@ def test_frechet_general_against_scipy_sqrtm():
     assert M.frechet_distance(np.zeros(4), s, np.zeros(4), s) == pytest.approx(0, abs=1e-10)
 
 
+@pytest.mark.parametrize("n, d", [(40, 64), (300, 12), (2, 5)])
+def test_frechet_to_reference_is_frechet_distance(n, d):
+    """The fast form against one reference (Gram-matrix route when N - 1 < D, D x D otherwise) equals
+    frechet_distance on the fitted Gaussians, and is 0 for the reference itself. (When N - 1 < D the sample
+    covariance is singular and frechet_distance takes square roots of round-off-sized eigenvalues, about
+    1e-8 relative here, hence rel=1e-7; with N > D they agree to 1e-12.)"""
+    rng = np.random.default_rng(n + d)
+    ref = rng.standard_normal((3 * d, d)) @ rng.standard_normal((d, d))
+    fd = M.frechet_to_reference(*M.gaussian_stats(ref))
+    x = 0.5 + rng.standard_normal((n, d)) @ rng.standard_normal((d, d))
+    want = M.frechet_distance(*M.gaussian_stats(x), *M.gaussian_stats(ref))
+    assert fd(x) == pytest.approx(want, rel=1e-7 if n - 1 < d else 1e-12)
+    assert fd(ref) == pytest.approx(0, abs=1e-8 * np.trace(np.cov(ref, rowvar=False)))
+
+
 def test_frechet_is_the_transport_cost_of_the_optimal_map():
     """Monte Carlo: T(x) = mu2 + A (x - mu1), A = S1^-1/2 (S1^1/2 S2 S1^1/2)^1/2 S1^-1/2 pushes N(mu1, S1)
     onto N(mu2, S2) and E|x - T(x)|^2 equals the Frechet distance (W2^2 between the Gaussians)."""
