@@ -16,7 +16,7 @@ from difflab.priorgrad import PriorGradLoss, priorgrad_denoiser, to_model_space
 from difflab.runs import load_run, to_data_units
 from difflab.samplers import sample
 from difflab.train import train
-from difflab.vdm import MonotoneGamma, VDMLoss, learned_schedule
+from difflab.vdm import MonotoneGamma, VDMLoss, initial_gamma_0, learned_schedule
 
 torch.set_num_threads(1)
 
@@ -40,6 +40,37 @@ def test_gamma_is_monotone_with_its_endpoints():
     assert bool((g[1:] > g[:-1]).all())
     sched = learned_schedule(gam, 50)
     torch.testing.assert_close(sched.alpha_bars, torch.sigmoid(-gam(torch.arange(1, 51) / 50)).detach())
+
+
+@pytest.mark.parametrize("levels", [17, 256])
+def test_initial_gamma_0_resolves_the_data_levels(levels):
+    """At the starting gamma_0, z_0 / alpha_0 rounds to its own level with probability 1 - P(|Z| > 4) per
+    interior value (scipy), and the discretised decoder's -log p is of that order; 4 units of log-SNR less
+    (noise 7.4x wider) already costs > 0.1 nat/dim. 256 levels land next to VDM's -13.3 for CIFAR-10."""
+    from scipy import stats
+    from difflab.vlb import decoder_nll
+    g0 = initial_gamma_0(levels)
+    g = torch.Generator().manual_seed(0)
+    x0 = (torch.randint(1, levels - 1, (4000, 16), generator=g).double() / (levels - 1)) * 2 - 1  # interior
+    ab0 = 1 / (1 + math.exp(g0))
+    z0 = math.sqrt(ab0) * x0 + math.sqrt(1 - ab0) * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    rounded = torch.round((z0 / math.sqrt(ab0) + 1) / 2 * (levels - 1)) / (levels - 1) * 2 - 1
+    miss = float((rounded != x0).double().mean())
+    p_miss = 2 * stats.norm.sf(4.0)
+    assert abs(miss - p_miss) < 5 * math.sqrt(p_miss / x0.numel()) + 1e-5
+    nll = decoder_nll(x0, z0 / math.sqrt(ab0), g0, levels) / 16
+    # oracle: the decoder N(z_0 / alpha_0, sigma_0^2 / alpha_0^2) with z_0 / alpha_0 = x0 + e sigma_0 / alpha_0
+    # gives the bin of half-width 4 sigma_0 / alpha_0 the mass Phi(4 - e) - Phi(-4 - e), e ~ N(0, 1)
+    exact = integrate.quad(lambda e: -math.log(stats.norm.cdf(4 - e) - stats.norm.cdf(-4 - e))
+                           * stats.norm.pdf(e), -12, 12)[0]
+    assert abs(float(nll.mean()) - exact) < 4 * float(nll.std()) / math.sqrt(len(nll)) and exact < 0.01
+    wide = float(decoder_nll(x0, x0 + math.exp((g0 + 4) / 2) * torch.randn(x0.shape, generator=g,
+                                                                             dtype=torch.float64),
+                             g0 + 4, levels).mean()) / 16
+    assert wide > 0.1
+    if levels == 256:
+        assert abs(g0 - (-13.3)) < 1.0
+    assert initial_gamma_0(None) == -13.3
 
 
 def test_continuous_elbo_of_exact_gaussian_denoiser():
