@@ -166,6 +166,8 @@ def _need_vector(ctx, name):
 def frechet(ctx: EvalContext) -> dict:
     """Frechet distance to the held-out split: classifier features for images (FD_digits), raw vectors else."""
     f = _features(ctx)
+    if len(f["fake"]["feat"]) < 4:  # the half-sampling s.e. fits a covariance to n // 2 >= 2 points
+        raise UserError(f"frechet needs at least 4 samples, got {len(f['fake']['feat'])}")
     ref = M.gaussian_stats(f["reference"]["feat"])
     out = paired_figure(lambda x: M.frechet_distance(*M.gaussian_stats(x), *ref), f["fake"]["feat"],
                         f["floor"]["feat"], "lower", len(f["reference"]["feat"]))

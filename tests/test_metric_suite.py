@@ -111,5 +111,7 @@ def test_eval_errors_are_one_line(tmp_path, capsys):
     assert main(["eval", "--data", "toy:moons", "--samples", p, "--metrics", "true_logpdf"]) == 2
     assert main(["eval", "--data", "toy:moons", "--samples", p, "--metrics", "inception_score"]) == 2
     assert main(["eval", "--data", "digits", "--samples", p, "--metrics", "frechet"]) == 2
+    few = _npz(tmp_path / "few.npz", np.zeros((3, 2)))   # too few samples for a covariance's standard error
+    assert main(["eval", "--data", "toy:moons", "--samples", few, "--metrics", "frechet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("difflab: error:") for line in err)
+    assert len(err) == 4 and all(line.startswith("difflab: error:") for line in err)
