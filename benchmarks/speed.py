@@ -25,8 +25,10 @@ ratios difflab / diffusers from this one run; torch.set_num_threads(1) so both g
           input), relative to one network forward, at batch 128.
   memory  peak RSS (VmHWM of /proc/self/status, the high-water mark getrusage's ru_maxrss also reports but
           without the parent's RSS that a forked child inherits; torch.cuda.max_memory_allocated on CUDA) of a
-          fresh subprocess per measurement: train steps at batch 128, sampling at batch 128, and difflab's
-          `generate` streaming N = 512 samples in batches of 128 (DDIM, 1 step: memory does not grow with NFE).
+          fresh subprocess per measurement: train steps at batch 128 (difflab's default; with the U-Net's plain
+          modules instead of its memory-lean training Functions; with recompute_activations), sampling at batch
+          128, and difflab's `generate` streaming N = 512 samples in batches of 128 (DDIM, 1 step: memory does
+          not grow with NFE).
   growth  training / sampling images/s against batch size, resolution (one network at 8, 16, 32 px) and T.
 
 Run (a few minutes to ~half an hour on a busy 2-core CPU; --quick for a smoke run):
@@ -393,6 +395,9 @@ def _rss_mb() -> float:
 def memory_worker(job: dict) -> dict:
     """Run one job in this (fresh) process and report its peak RSS in MiB."""
     torch.set_num_threads(1)
+    if "lean_training" in job:  # UNet.lean_training: False = the plain modules, not the memory-lean Functions
+        from difflab.nets.unet import UNet
+        UNet.lean_training = job["lean_training"]
     dev = torch.device(job["device"])
     spec = CONFIGS[job["config"]]
     batch = job["batch"]
@@ -528,6 +533,8 @@ def write_report(res: dict):
                 continue
             extra = f"N = {row['n']}" if row["task"] == "generate" else ""
             extra += " ".join(f"{k}={v}" for k, v in row.get("net_extra", {}).items())
+            if "lean_training" in row:
+                extra += f"lean_training={row['lean_training']}"
             if "cuda_peak_mb" in row:
                 extra += f" CUDA peak {row['cuda_peak_mb']:.0f} MiB"
             L.append(f"| {row['task']} | {row['config']} | {row['lib']} | {row['batch']} | {row['steps']} | "
@@ -572,6 +579,8 @@ def write_report(res: dict):
         L += ["", "## difflab options", ""]
         for k, v in res["options"].items():
             L.append(f"- {k}: {v}")
+    for heading, lines in res.get("notes", {}).items():  # measurements outside the tables, kept in speed.json
+        L += ["", f"## {heading}", "", *lines]
     L.append("")
     (RESULTS / "speed.md").write_text("\n".join(L))
 
@@ -614,6 +623,11 @@ def main():
             if k not in parts:
                 res[k] = old.get(k, res[k])
         res["configs"] = old["configs"]
+        for k in ("options", "notes"):  # written by hand into speed.json: kept
+            if k in old:
+                res[k] = old[k]
+        if "memory" not in skip:  # the memory rows are measured afresh (one config), not appended to the old
+            res["memory"] = []
         res["meta"]["command"] = old["meta"]["command"] + "` then `" + res["meta"]["command"]
     train_batch = {"8x8-grey": 128, "28x28-grey": 32, "32x32-rgb": 32}
     train_reps = {k: 3 if args.quick else (15 if k == "8x8-grey" else 5) for k in train_batch}
@@ -640,6 +654,8 @@ def main():
                 for t in ("train", "sample")]
         jobs.insert(1, dict(task="train", lib="difflab", config=mem_name, batch=mb, steps=2,
                             net_extra={"recompute_activations": True}))
+        jobs.insert(1, dict(task="train", lib="difflab", config=mem_name, batch=mb, steps=2,
+                            lean_training=False))  # the U-Net's plain modules (the default before issue 9)
         jobs.append(dict(task="generate", lib="difflab", config=mem_name, batch=mb, steps=1,
                          n=64 if args.quick else 512))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from .embeddings import LabelEmbedding, TimeEmbedding, noise_input
@@ -19,6 +20,124 @@ def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
     while channels % g:
         g -= 1
     return nn.GroupNorm(g, channels)
+
+
+# Memory-lean training on the CPU (issue 9). The plain modules keep, for the backward pass, every map they make:
+# a ResBlock half GN -> SiLU -> (dropout ->) conv keeps the GN input, the GN output (for SiLU), the float dropout
+# noise and the conv input; Upsample keeps the 4x larger upsampled map. The autograd Functions below keep only
+# what the rest cannot be rebuilt from (the block input, the GN's per-group mean and rstd, the dropout mask as
+# bools; Upsample's input) and rebuild the rest in the backward pass with elementwise work only (the convs are
+# not rerun). They call the ATen ops that autograd calls for the plain modules, in the same order, with the same
+# random draws, so outputs and gradients are the same (tests/test_unet_speed_options.py). UNet.lean_training
+# chooses them (automatically: for large batches, see there).
+
+
+def _lean_ok(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    """Per call: the memory-lean Functions take this input (4-d, dense, one dtype, something needs a gradient)."""
+    return (x.dim() == 4 and all(w.dtype == x.dtype for w in weights)
+            and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+            and (x.requires_grad or any(w.requires_grad for w in weights)))
+
+
+def _conv_args(conv: nn.Conv2d):
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return None
+    return tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation), conv.groups
+
+
+def _conv_backward(grad, inp, weight, has_bias, conv_args, mask):
+    stride, padding, dilation, groups = conv_args
+    return torch.ops.aten.convolution_backward(grad, inp, weight, [weight.shape[0]] if has_bias else None,
+                                               list(stride), list(padding), list(dilation), False, [0, 0], groups,
+                                               list(mask))
+
+
+class _NormActConv(torch.autograd.Function):
+    """conv(dropout(silu(group_norm(x)))) keeping x, mean, rstd and a bool dropout mask (see above)."""
+
+    @staticmethod
+    def forward(ctx, x, gn_weight, gn_bias, conv_weight, conv_bias, groups, eps, p, conv_args):
+        n, c = x.shape[:2]
+        hxw = x[0, 0].numel()
+        y, mean, rstd = torch.ops.aten.native_group_norm(x, gn_weight, gn_bias, n, c, hxw, groups, eps)
+        F.silu(y, inplace=True)
+        mask = None
+        if p > 0:  # F.dropout on the CPU: noise = bernoulli_(1 - p) / (1 - p); out = input * noise
+            noise = torch.empty_like(y).bernoulli_(1 - p)
+            mask = noise == 0   # the dropped entries
+            y.mul_(noise.div_(1 - p))
+            del noise
+        out = F.conv2d(y, conv_weight, conv_bias, *conv_args)
+        ctx.save_for_backward(x, gn_weight, gn_bias, conv_weight, mean, rstd, mask)
+        ctx.hyper = (n, c, hxw, groups, eps, p, conv_args, conv_bias is not None)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, gn_weight, gn_bias, conv_weight, mean, rstd, mask = ctx.saved_tensors
+        n, c, hxw, groups, eps, p, conv_args, has_bias = ctx.hyper
+        need = ctx.needs_input_grad
+        # the conv's input silu(norm(x)) * noise (noise 0 where dropped, else scale = 1 / (1 - p)), rebuilt in place
+        # in one buffer; the norm's output is rebuilt again below for SiLU's backward rather than kept alongside
+        # (one map less at the peak, which is in the backward pass, for one more GroupNorm pass)
+        s = torch.ops.aten.native_group_norm(x, gn_weight, gn_bias, n, c, hxw, groups, eps)[0]
+        F.silu(s, inplace=True)
+        scale = None
+        if mask is not None:
+            scale = torch.ones((), dtype=s.dtype).div_(1 - p).item()   # the noise's nonzero value, exactly
+            s.masked_fill_(mask, 0.0).mul_(scale)   # (+0 where the plain product gives -0: equal values)
+        gs, g_cw, g_cb = _conv_backward(grad, s, conv_weight, has_bias, conv_args,
+                                        (need[0] or need[1] or need[2], need[3], need[4]))
+        del s
+        g_x = g_gw = g_gb = None
+        if gs is not None:
+            if mask is not None:  # dropout's backward: grad * noise
+                gs.masked_fill_(mask, 0.0).mul_(scale)
+            y = torch.ops.aten.native_group_norm(x, gn_weight, gn_bias, n, c, hxw, groups, eps)[0]  # SiLU's input
+            gs = torch.ops.aten.silu_backward.grad_input(gs, y, grad_input=gs)
+            del y
+            g_x, g_gw, g_gb = torch.ops.aten.native_group_norm_backward(
+                gs.contiguous(), x, mean, rstd, gn_weight, n, c, hxw, groups, [need[0], need[1], need[2]])
+        return g_x, g_gw, g_gb, g_cw, g_cb if has_bias else None, None, None, None, None
+
+
+class _UpsampleConv(torch.autograd.Function):
+    """conv(nearest x2 upsample(x)) keeping x, not the 4x larger upsampled map (see above)."""
+
+    @staticmethod
+    def forward(ctx, x, conv_weight, conv_bias, conv_args):
+        out = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), conv_weight, conv_bias, *conv_args)
+        ctx.save_for_backward(x, conv_weight)
+        ctx.hyper = (conv_args, conv_bias is not None)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, conv_weight = ctx.saved_tensors
+        conv_args, has_bias = ctx.hyper
+        need = ctx.needs_input_grad
+        with torch.enable_grad():
+            xd = x.detach().requires_grad_(True)
+            u = F.interpolate(xd, scale_factor=2.0, mode="nearest")
+        gu, g_w, g_b = _conv_backward(grad, u.detach(), conv_weight, has_bias, conv_args,
+                                      (need[0], need[1], need[2]))
+        g_x = torch.autograd.grad(u, xd, gu)[0] if need[0] else None
+        return g_x, g_w, g_b if has_bias else None, None
+
+
+def norm_act_conv(norm: nn.GroupNorm, conv: nn.Conv2d, x: torch.Tensor, dropout: nn.Dropout | None = None,
+                  lean: bool = False):
+    """conv(dropout(silu(norm(x)))): with lean (UNet.lean_training) through _NormActConv, else the plain modules."""
+    p = dropout.p if dropout is not None and dropout.training else 0.0
+    args = _conv_args(conv) if lean else None
+    if (args is not None and norm.weight is not None and 0.0 <= p < 1.0
+            and _lean_ok(x, conv.weight, norm.weight)):
+        return _NormActConv.apply(x, norm.weight, norm.bias, conv.weight, conv.bias, norm.num_groups, norm.eps,
+                                  p, args)
+    h = F.silu(norm(x))
+    return conv(h if dropout is None else dropout(h))
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -44,21 +163,25 @@ class ResBlock(nn.Module):
         self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self._recomputed(self._half1, x) + self.emb(emb)[:, :, None, None]
-        h = self._recomputed(self._half2, h)
-        return self.skip(x) + h
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, lean: bool = False) -> torch.Tensor:
+        """lean: through the memory-lean training Functions (UNet.lean_training decides)."""
+        # the skip first: the backward pass then finishes the conv path (which holds larger maps) before it
+        # computes the skip's gradient, so the two gradients of x are not both held while the conv path runs
+        skip = self.skip(x)
+        h = self._recomputed(self._half1, x, lean) + self.emb(emb)[:, :, None, None]
+        h = self._recomputed(self._half2, h, lean)
+        return skip + h
 
-    def _half1(self, x):
-        return self.conv1(F.silu(self.norm1(x)))
+    def _half1(self, x, lean=False):
+        return norm_act_conv(self.norm1, self.conv1, x, lean=lean)
 
-    def _half2(self, h):
-        return self.conv2(self.dropout(F.silu(self.norm2(h))))
+    def _half2(self, h, lean=False):
+        return norm_act_conv(self.norm2, self.conv2, h, self.dropout, lean=lean)
 
-    def _recomputed(self, fn, x):
+    def _recomputed(self, fn, x, lean):
         if self.recompute_activations and torch.is_grad_enabled() and x.requires_grad:
-            return checkpoint(fn, x, use_reentrant=False)
-        return fn(x)
+            return checkpoint(fn, x, lean, use_reentrant=False)
+        return fn(x, lean)
 
 
 class AttentionBlock(nn.Module):
@@ -104,7 +227,11 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lean: bool = False) -> torch.Tensor:
+        """lean: through the memory-lean training Function (UNet.lean_training decides)."""
+        args = _conv_args(self.conv) if lean else None
+        if args is not None and _lean_ok(x, self.conv.weight):
+            return _UpsampleConv.apply(x, self.conv.weight, self.conv.bias, args)
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
@@ -116,8 +243,8 @@ class _Level(nn.Module):
         self.res = res
         self.attn = attn
 
-    def forward(self, x, emb):
-        x = self.res(x, emb)
+    def forward(self, x, emb, lean=False):
+        x = self.res(x, emb, lean)
         return x if self.attn is None else self.attn(x)
 
 
@@ -139,9 +266,12 @@ class UNet(nn.Module):
         image_size: nominal input size (only used to place attention); inputs of other sizes still run.
         groups: GroupNorm groups, reduced to a divisor of each channel count.
         recompute_activations: in training, keep only each ResBlock's input and middle sum and recompute its
-            GroupNorm-SiLU-(dropout-)conv halves in the backward pass (torch.utils.checkpoint, same dropout
-            masks): same outputs and gradients, less peak memory (benchmarks/speed.py, memory table), 9% more
-            forward+backward time (measured at 8x8, batch 128, one CPU thread).
+            GroupNorm-SiLU-(dropout-)conv halves, convs included, in the backward pass (torch.utils.checkpoint,
+            same dropout masks): same outputs and gradients, 9% more forward+backward time (measured at 8x8,
+            batch 128, one CPU thread). Where lean_training (below, automatic for large CPU batches) is on it
+            saves little more (32x32-rgb, batch 128: peak RSS 1593 MiB against 1619 MiB; benchmarks/speed.py).
+
+    Attribute lean_training (True / False / None = automatic): memory-lean training Functions, see below.
 
     The middle block (ResBlock-Attention-ResBlock) always has attention. `UNet(**net.config)` rebuilds it.
     """
@@ -225,23 +355,45 @@ class UNet(nn.Module):
         h_ = self.input_conv(x.to(dtype))
         if self._channels_last(h_):
             h_ = h_.contiguous(memory_format=torch.channels_last)
+        lean = self._lean_training(h_)
         hs = [h_]
         for block in self.down:
-            h_ = block(h_, emb) if isinstance(block, _Level) else block(h_)
+            h_ = block(h_, emb, lean) if isinstance(block, _Level) else block(h_)
             hs.append(h_)
-        h_ = self.mid2(self.mid_attn(self.mid1(h_, emb)), emb)
+        h_ = self.mid2(self.mid_attn(self.mid1(h_, emb, lean)), emb, lean)
         for block in self.up:
             if isinstance(block, _Level):
-                h_ = block(torch.cat([h_, hs.pop()], dim=1), emb)
+                h_ = block(torch.cat([h_, hs.pop()], dim=1), emb, lean)
             else:
-                h_ = block(h_)
-        return self.out_conv(F.silu(self.out_norm(h_))).contiguous()
+                h_ = block(h_, lean) if isinstance(block, Upsample) else block(h_)
+        return norm_act_conv(self.out_norm, self.out_conv, h_, lean=lean).contiguous()
 
     # Feature maps in channels_last (NHWC) memory: True, False, or None = automatic: on CPU, without autograd
     # (sampling), for batches of 64 or more of maps of 32x32 or more. Measured on a 2-core AVX2 CPU
     # (benchmarks/speed.py): inference 17% faster at 32x32 (batch 64), but 27% slower at 28x28 with 32 channels and
     # 10% slower at 8x8 (CPU GroupNorm on NHWC is slow for small maps), and training never faster.
     channels_last: bool | None = None
+
+    # Memory-lean training (the autograd Functions above: same outputs and gradients, under half the activations
+    # kept for the backward pass): True, False, or None = automatic: in CPU training in float32/64 (no autocast,
+    # not compiling) when the top-level feature map of the batch (N x base_channels x H x W) has at least
+    # LEAN_MIN_BYTES, i.e. when the plain modules would keep about a GB or more for the backward pass. Only ever
+    # in train mode with autograd on and on the CPU (the Functions replay the CPU dropout's random draws; eval-mode
+    # autograd, for likelihoods and guidance, may run backward twice through one graph or differentiate twice).
+    # Measured on a loaded 2-core AVX2 CPU (benchmarks/results/speed.md, 32x32-rgb, one thread, paired steps):
+    # peak RSS at batch 128 1619 MiB instead of 2755 MiB, and the step 11% faster (fewer fresh large allocations);
+    # batch 64 6% faster; batch 32 (top map 8 MiB) 4% slower (rebuilding the maps costs more than it saves there).
+    lean_training: bool | None = None
+    LEAN_MIN_BYTES = 16 * 2 ** 20
+
+    def _lean_training(self, h: torch.Tensor) -> bool:
+        if (torch.compiler.is_compiling() or not self.training or not torch.is_grad_enabled()
+                or h.device.type != "cpu" or h.dtype not in (torch.float32, torch.float64)
+                or torch.is_autocast_enabled("cpu")):
+            return False
+        if self.lean_training is None:
+            return h.numel() * h.element_size() >= self.LEAN_MIN_BYTES
+        return bool(self.lean_training)
 
     def _channels_last(self, h: torch.Tensor) -> bool:
         if self.channels_last is None:
