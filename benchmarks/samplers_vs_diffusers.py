@@ -142,6 +142,7 @@ class Judge:
 
 # ---- difflab ---------------------------------------------------------------------------------
 DIFFLAB = {  # label -> (sampler, options, smallest sensible nfe)
+    "ancestral (default)": ("ancestral", {}, 1),  # variance "analytic" (the default since issue 5)
     "ancestral (small)": ("ancestral", {"variance": "small"}, 1),
     "ancestral (large)": ("ancestral", {"variance": "large"}, 1),
     "ancestral (analytic)": ("ancestral", {"variance": "analytic"}, 1),
@@ -158,7 +159,8 @@ DIFFLAB = {  # label -> (sampler, options, smallest sensible nfe)
     "unipc (tuned grid)": ("unipc", {}, 2),
 }
 # At NFE 1000 only these run (each costs 1000 calls on n samples); see the report's note.
-AT_1000 = {"difflab": ["ancestral (small)", "ancestral (large)", "ancestral (analytic)", "unipc (tuned grid)"],
+AT_1000 = {"difflab": ["ancestral (default)", "ancestral (small)", "ancestral (large)", "ancestral (analytic)",
+                       "unipc (tuned grid)"],
            "diffusers": ["DDPM", "Euler a"]}
 
 
@@ -298,6 +300,7 @@ def bench(mix_name, gm, nfes, n, out_path, n_1000=None):
 def add_rows(label, mix_name, gm, nfes, path):
     """Run one difflab sampler on the stored benchmark's noise and judge, replacing its rows in the json."""
     res = json.loads(path.read_text())
+    res["at_1000"] = AT_1000
     fast, judge = FastExactMixture(gm), Judge(gm, res["n"], n_floor=1)
     noise = torch.randn(res["n"], gm.dim, generator=torch.Generator().manual_seed(1))
     res["rows"] = [r for r in res["rows"] if not (r["lib"] == "difflab" and r["method"] == label)]
@@ -337,7 +340,8 @@ def targets(res) -> list[str]:
         out.append(f"- NFE {nfe}: {ok}: difflab samplers beating every diffusers scheduler on both SW2 and |gap|: "
                    f"{names} (diffusers best: SW2 {sw_df:.4f}, |gap| {gap_df:.3f}; difflab lowest |gap|: "
                    f"{best['method']} SW2 {best['sw2']:.4f}, gap {best['gap']:+.3f})")
-    for lib, method, nfe in [("difflab", "ancestral (small)", 1000), ("difflab", "ancestral (large)", 1000),
+    for lib, method, nfe in [("difflab", "ancestral (default)", 1000), ("difflab", "ancestral (small)", 1000),
+                             ("difflab", "ancestral (large)", 1000),
                              ("difflab", "ancestral (analytic)", 1000), ("difflab", "ode (RK45, adaptive)", "adaptive"),
                              ("diffusers", "DDPM", 1000)]:
         r = [r for r in rows if r["lib"] == lib and r["method"] == method and r["nfe_target"] == nfe]
@@ -365,18 +369,23 @@ def refloor(res: dict, path: Path) -> dict:
 NOTES = """## Reading the 2-D rows (measured in this run, n = 8000)
 
 In 2-D the judged comparison is at the noise level. The exact PF-ODE map of the same noise (adaptive RK45)
-scores SW2 0.0871, gap +0.007; the SW2 of independent true sets has sd 0.025. At NFE 10 difflab's UniPC has
-the lowest SW2 of all (0.0928; diffusers' best 0.1114) but gap -0.081 (0.09 nat from the exact map), while
-diffusers DDIM (+0.021) and Euler a (-0.022) reach a smaller |gap| by cancellation: their SW2 (0.163, 0.287)
+scores SW2 0.0871, gap +0.007; the SW2 of independent true sets has sd 0.025. Issue 5 changed UniPC's
+defaults in low dimension (a new "low" grid table and the "gauss" last step; before: SW2 0.0928 / gap -0.081
+at NFE 10, 0.0870 / -0.009 at NFE 20). At NFE 10 UniPC has the lowest SW2 of all (0.0881; diffusers' best
+0.1114) but gap -0.078, 0.085 nat from the exact map: 10 calls do not resolve 8 modes of width 0.25 exactly.
+Diffusers DDIM (+0.021) and Euler a (-0.022) reach a smaller |gap| by cancellation: their SW2 (0.163, 0.287)
 and the per-scale variance check (DDIM at 10 steps keeps 30% of the variance of a std-0.25 Gaussian) show
-they are far from the distribution. At NFE 20 UniPC and LMS both sit on the exact map (SW2 0.08696 vs
-0.08695, gap -0.009 vs +0.008): a tie below the noise floor (sd of the gap 0.008). So the 2-D target is
-missed at both budgets in this table; the 64-D targets are met.
+they are far from the distribution. At NFE 20 UniPC sits on the exact map (SW2 0.08701 vs 0.0871, gap -0.004
+vs +0.007), as does LMS (0.08695, +0.008): a tie far below the noise floor (sd of SW2 0.025, of the gap
+0.008), decided on SW2 by 6e-5. So the 2-D check stays FAIL at 10 and a coin toss at 20; on 21 other 2-D
+mixtures (benchmarks/results/samplers_lowdim_validation.md) UniPC's median distance to the exact map is
+0.046 nat at NFE 10 and 0.010 at NFE 20 (diffusers' closest scheduler per mixture: 0.20 and 0.033).
 
 Ancestral sampling at T = 1000 with beta-tilde (difflab "small", and diffusers' DDPM default, identical
 here) is +0.9 / +1.3 nat over-concentrated in 64-D: the Gaussian kernel drops c0^2 Cov(x0 | x_t), which
 matters for data finer than the smallest noise levels. `variance="analytic"` (second moment matched, Analytic-DPM
-in diagonal form, batch estimate) sits at the floor at T = 1000 on all three mixtures.
+in diagonal form, batch estimate) sits at the floor at T = 1000 on all three mixtures, and is the default of
+`sample(den, noise, "ancestral")` since issue 5 (row "ancestral (default)": identical samples).
 """
 
 

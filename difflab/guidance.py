@@ -172,7 +172,7 @@ def ab_range_of_steps(schedule, t_hi: int, t_lo: int) -> tuple[float, float]:
 
 # ------------------------------------------------------------------------------ the reverse loop
 def reverse(den: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, sampler: str = "ancestral",
-            variance="small", eta: float = 0.0, mean_shift: Callable | None = None,
+            variance=None, eta: float = 0.0, mean_shift: Callable | None = None,
             after_step: Callable | None = None, resample: int = 1, progress: Callable | None = None,
             trajectory: list | None = None) -> torch.Tensor:
     """Ancestral (seed 001 Algorithm 2) or DDIM steps on `grid` (increasing alpha_bars ending with 1), with
@@ -181,12 +181,17 @@ def reverse(den: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, 
     mean_shift: (x_t, ab_t) -> d; ancestral steps use mean mu + Sigma d (classifier guidance, mean form).
     after_step: (x_s, ab_s) -> x_s, applied after every step (ILVR, inpainting).
     resample: rounds per step (RePaint): after a round, x_t ~ q(x_t | x_s) is drawn and the step redone;
-    the last step (to x_0) is never repeated. With no options this is `samplers.ancestral` / `samplers.ddim`."""
+    the last step (to x_0) is never repeated. variance: as `samplers.ancestral` (None: "analytic", from the
+    batch's eps, noise on the last step too; "small" for learned-variance models, whose own variance this loop
+    does not use). With no options this is `samplers.ancestral` / `samplers.ddim`."""
     if sampler not in HOOK_SAMPLERS:
         raise ValueError(f"per-step conditioning runs on {', '.join(HOOK_SAMPLERS)}, not {sampler!r}")
     if int(resample) < 1:
         raise ValueError(f"resample must be >= 1, got {resample}")
-    var_all = S.ancestral_variances(grid, variance) if sampler == "ancestral" else None
+    if sampler == "ancestral":
+        variance = S.resolve_variance(den, x, variance)
+    analytic = sampler == "ancestral" and variance == "analytic"
+    var_all = S.ancestral_variances(grid, variance) if sampler == "ancestral" and not analytic else None
     n = x.shape[0]
     for i in range(len(grid) - 1):
         last = i == len(grid) - 2
@@ -198,10 +203,12 @@ def reverse(den: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, 
                 progress()
             if sampler == "ancestral":
                 x_new, _ = G.posterior_mean_var(x0, x, ab_t.expand(n), ab_s.expand(n))
-                var = float(var_all[i])
+                var = S.analytic_step_variance(eps, ab_t, ab_s).to(x.dtype) if analytic else float(var_all[i])
                 if mean_shift is not None:
                     x_new = x_new + var * mean_shift(x, ab_t.reshape(1).expand(n))
-                if not last:
+                if analytic:  # (its last step draws from N(x0_hat, Var(x0 | x_1)) too)
+                    x_new = x_new + var ** 0.5 * S._noise_like(x, generator)
+                elif not last:
                     x_new = x_new + var ** 0.5 * S._noise_like(x, generator)
             else:
                 var = eta ** 2 * (1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)

@@ -12,7 +12,9 @@ schedule's range [ab_T, ab_1] where the denoiser is called, then 1.0 (clean data
 happens at a level in [ab_T, ab_1]. How a sampler takes its last step to ab = 1 is part of it:
     posterior mean / DDIM's x0 prediction at the last level (ancestral, ddim, reverse SDEs, PC),
     the probability-flow ODE continued to ab = 1 (ODE solvers): one Euler step in sigma^2 of the
-    VE form, x_0 = x + sigma^2/2 * score = (x + x0_hat) / 2  (error O(sigma^4) instead of O(sigma^2)).
+    VE form, x_0 = x + sigma^2/2 * score = (x + x0_hat) / 2  (error O(sigma^4) instead of O(sigma^2));
+    UniPC by default takes the step that is exact for locally Gaussian data (`_gauss_final`), which
+    matters for modes as narrow as the last level's sigma.
 
 Notation: VP x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps; VE x = x_vp / sqrt(ab), sigma^2 = (1 - ab) / ab,
 log-SNR lambda = -2 log sigma. ODE solvers work in the VE form: dx/dsigma = (x - x0_hat(x, sigma)) / sigma.
@@ -32,6 +34,7 @@ from .denoiser import Denoiser
 from .schedules import Schedule
 
 __all__ = ["sample", "NAMES", "GRIDS", "timesteps", "alpha_bar_grid", "make_grid", "ancestral_variances",
+           "analytic_step_variance", "resolve_variance",
            "tuned_order", "ancestral", "ddim", "langevin", "annealed_langevin", "euler_maruyama", "srk", "pc",
            "heun", "ode", "dpmpp_2m", "dpmpp_3m", "unipc"]
 
@@ -112,21 +115,30 @@ def _grid_karras(schedule, n, rho=7.0):
 
 
 # The "tuned" grid: sigma_max, then the levels below (VE sigmas, schedule-free), for the default UniPC
-# of the given order. They were found by benchmarks/samplers_grid_tuning.py (rerun it to regenerate the
-# table and its per-problem errors), minimising UniPC's log-density error, exactly computable and data-free, on
+# of the given order, one table for high-dimensional data (D > 8) and one for low-dimensional data.
+# "high" was found by benchmarks/samplers_grid_tuning.py (rerun it to regenerate the table and its
+# per-problem errors), minimising UniPC's log-density error, exactly computable and data-free, on
 #   - Gaussian data N(m, s^2) at 17 scales s in [0.03, 4] (the PF-ODE is linear: output variance known),
 #     scaled to the data dimension (in D dims a variance error v shifts log q by -D/2 (v - 1)), and
 #   - two-mode 1-D mixtures (modes 1 .. 8 apart; the 1-D PF-ODE map is monotone, so the exact sampler
 #     sends quantiles to quantiles), weighted by the number of between-mode directions.
-# High-dimensional data (D > 8) are dominated by the first, low-dimensional data by the second, hence two
-# tables. The grid resolves each data scale and each mode separation as it is crossed, no data set
-# involved. n below the table: log-sigma interpolated over the nearest larger entry (as Align Your Steps
-# does). n above the table (11 levels and more): sigma_max, then n - 1 levels log-uniform in the band
-# sigma 10 .. 0.02 (`_BAND`) for UniPC of order 4. Measured on the benchmark's three mixtures (2-D, 64-D,
-# 64-D wide; n = 3000, error = gap minus the gap of the exact PF-ODE map of the same noise): at 11, 12, 15,
-# 20, 30 levels the band is within 0.26, 0.18, 0.07, 0.04, 0.02 nat where the interpolated table was 0.81,
-# 0.84, 0.84, 0.56, 0.24 off; at <= 10 levels the table wins (10: 0.52 vs 1.6).
-# Levels are clipped to the schedule's range.
+# The grid resolves each data scale and each mode separation as it is crossed, no data set involved.
+# "low" (D <= 8, issue 5; benchmarks/samplers_grid_tuning_lowdim.py): in 2-D the error is the mixture's
+# own (samples choosing their mode, then settling inside it), so candidate grids were judged by the
+# log-density error against the exact PF-ODE map on 40 random 2-D mixtures (2 .. 12 modes 0.3 .. 4 apart,
+# widths 0.02 .. 0.5), UniPC with its default "gauss" last step. 10 levels: the previous entry squeezed
+# towards sigma ~ 1 (log sigma -> 0.9 log sigma + log 1.25): mean |error| 0.062 nat (was 0.074);
+# 20 levels: sigma_max, 50, 20, then 5 .. 0.03 log-uniform, order 4: 0.013 (the band below: 0.016), with
+# Gaussian data of any scale 0.02 .. 12 within 0.033 nat (the band: 0.29 at scale 12); 14 levels: the
+# 20-level grid resampled, order 2 (order 4 below 15 levels is unstable on mixtures). Validated on other
+# mixtures: benchmarks/results/samplers_lowdim_validation.md.
+# n below a table's largest entry: log-sigma interpolated over the nearest larger entry (as Align Your
+# Steps does), with that entry's order. n above it (high: 11 levels and more; low: 21 and more): sigma_max,
+# then n - 1 levels log-uniform in the band sigma 10 .. 0.02 (`_BAND`) for UniPC of order 4. Measured on
+# the benchmark's three mixtures (2-D, 64-D, 64-D wide; n = 3000, error = gap minus the gap of the exact
+# PF-ODE map of the same noise): at 11, 12, 15, 20, 30 levels the band is within 0.26, 0.18, 0.07, 0.04,
+# 0.02 nat where the interpolated high table was 0.81, 0.84, 0.84, 0.56, 0.24 off; at <= 10 levels the
+# table wins (10: 0.52 vs 1.6). Levels are clipped to the schedule's range.
 _TUNED: dict[str, dict[int, tuple[int, list[float]]]] = {  # "high"/"low" -> n -> (order, sigma_1..)
     "high": {
         5: (2, [4.283, 1.065, 0.1835, 0.0402]),
@@ -136,8 +148,11 @@ _TUNED: dict[str, dict[int, tuple[int, list[float]]]] = {  # "high"/"low" -> n -
         9: (2, [15.72, 4.147, 1.177, 0.3851, 0.1484, 0.06093, 0.03287, 0.01595]),
         10: (2, [29.02, 10.33, 2.496, 0.7713, 0.2658, 0.1082, 0.04741, 0.026, 0.01359]),
     },
-    "low": {
-        10: (2, [17.04, 5.931, 2.262, 1.157, 0.5685, 0.2477, 0.128, 0.0557, 0.0266]),
+    "low": {  # benchmarks/samplers_grid_tuning_lowdim.py (issue 5): chosen on 40 random 2-D mixtures
+        10: (2, [16.04, 6.205, 2.606, 1.425, 0.7519, 0.356, 0.1965, 0.09294, 0.04779]),
+        14: (2, [50.0, 10.0, 3.632, 2.248, 1.392, 0.8615, 0.5332, 0.3301, 0.2043, 0.1265, 0.07829, 0.04846, 0.03]),
+        20: (4, [50.0, 20.0, 5.0, 3.632, 2.638, 1.916, 1.392, 1.011, 0.7341, 0.5332, 0.3873, 0.2813, 0.2043,
+                 0.1484, 0.1078, 0.07829, 0.05687, 0.0413, 0.03]),
     },
 }
 _LOW_DIM = 8
@@ -265,18 +280,47 @@ def _ve_x0(denoiser, progress):
     return D
 
 
-def _ode_final(x_ve, d, final):
+def _ode_final(x_ve, d, final, fit=None):
     """Last step of an ODE solver from the last level (VE state x_ve, x0_hat d there) to ab = 1.
 
     "ode": Euler step of dx/d(sigma^2) = (x - x0_hat) / (2 sigma^2) down to sigma = 0, i.e. (x + x0_hat) / 2;
-    "denoise": x0_hat (Tweedie, slightly over-concentrated by O(sigma^2 / s^2));  "none": x_ve."""
+    "denoise": x0_hat (Tweedie, slightly over-concentrated by O(sigma^2 / s^2));  "none": x_ve;
+    "gauss": exact for data that are locally Gaussian, per coordinate (`_gauss_final`; needs `fit`, the
+    solver's last two evaluations, so UniPC only)."""
     if final == "ode":
         return 0.5 * (x_ve + d)
     if final == "denoise":
         return d
     if final == "none":
         return x_ve
-    raise ValueError(f"final must be 'ode', 'denoise' or 'none', got {final!r}")
+    if final == "gauss" and fit is not None:
+        return _gauss_final(x_ve, d, *fit)
+    if final == "gauss":
+        raise ValueError("final='gauss' needs the last two levels' evaluations: only unipc supports it")
+    raise ValueError(f"final must be 'ode', 'denoise', 'gauss' or 'none', got {final!r}")
+
+
+def _gauss_final(x_ve, d, prev, last):
+    """The step from the last level sigma_L to sigma = 0, exact when the data are locally Gaussian per
+    coordinate, with the width fitted from the last two evaluations (no extra call).
+
+    Data N(mu, s^2): the PF-ODE keeps x - mu = C sqrt(s^2 + sigma^2), so e = (x - x0_hat) / sigma
+    = C sigma / sqrt(s^2 + sigma^2) and x_0 = mu + C s. Hence
+        x_0 = x0_hat + e_L sigma_L f(s / sigma_L),   f(k) = k (sqrt(k^2 + 1) - k)  in [0, 1/2),
+    between "denoise" (f = 0, s << sigma_L) and "ode" (f -> 1/2, s >> sigma_L), and the ratio of e at two
+    levels P, L of one trajectory gives s without mu:  q = (e_L sigma_P / (e_P sigma_L))^2 = (s^2 + sigma_P^2)
+    / (s^2 + sigma_L^2),  s^2 = (sigma_P^2 - q sigma_L^2) / (q - 1),  q clipped to its range [1, sigma_P^2 /
+    sigma_L^2] (q -> 1: "ode"; the upper end: "denoise"). prev, last: (x, x0_hat, sigma) of the evaluations at
+    P and L (VE units). Fine modes (widths ~ sigma_L) are where this matters: six modes of width 0.025 at 20
+    UniPC calls: gap -0.25 nat with "ode", -0.02 with this (exact PF-ODE map: -0.004; tests/
+    test_samplers_extra.py); at 10 calls -1.02 and +0.15. Modes of width 0.25 do not move."""
+    (x_p, d_p, s_p), (x_l, d_l, s_l) = prev, last
+    e_p, e_l = (x_p.double() - d_p.double()) / s_p, (x_l.double() - d_l.double()) / s_l
+    hi = (s_p / s_l) ** 2
+    q = torch.nan_to_num((e_l * s_p / (e_p * s_l)) ** 2, nan=1.0, posinf=hi).clamp(1.0 + 1e-9, hi * (1 - 1e-9))
+    k = ((s_p ** 2 - q * s_l ** 2) / (q - 1)).clamp(min=0).sqrt() / s_l
+    f = (k * ((k * k + 1).sqrt() - k)).nan_to_num(nan=0.5).clamp(0.0, 0.5)  # k = inf: the limit 1/2
+    return d + (x_ve - d) * f.to(x_ve.dtype)
 
 
 # ============================================================================================
@@ -312,19 +356,27 @@ def ancestral_variances(grid: torch.Tensor, variance="small") -> torch.Tensor:
 
 
 def ancestral(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None,
-              variance="small", progress: Callable | None = None, trajectory: list | None = None):
+              variance=None, progress: Callable | None = None, trajectory: list | None = None):
     """DDPM ancestral sampling (seed 001 Algorithm 2), on any sub-grid of the schedule (respacing).
 
-    Each step t -> s draws x_s ~ N(mu~(x_t, x0_hat), sigma^2 I) with mu~ the posterior mean
-    (seed 004 eq. 7) and sigma^2 from `ancestral_variances` ("small" beta~, "large" beta, or v in [0, 1]).
-    No noise is added on the last step (to x_0). x: (N, ...) noise at grid[0]; grid: increasing
-    alpha_bars ending with 1. One denoiser call per step."""
+    Each step t -> s draws x_s ~ N(mu~(x_t, x0_hat), sigma^2) with mu~ the posterior mean (seed 004 eq. 7).
+    variance: None (default): the model's own for a learned-variance denoiser (issue 4), else "analytic";
+        "analytic": the reverse kernel's second moment matched (`_ancestral_analytic`, Analytic-DPM); it
+        reaches the noise floor at T steps where beta~ does not (64-D mixture at T = 1000: gap -0.01 nat
+        against +0.89 for beta~; benchmarks/results/samplers_vs_diffusers.md). It estimates E[eps_hat^2]
+        from the batch: a batch of fewer than _ANALYTIC_MIN = 16 numbers (N x dim: N < 8 in 2-D, never
+        for images) falls back to "small";
+        "small" (beta~, DDPM's and diffusers' default), "large" (beta) or v in [0, 1]: fixed variances from
+        `ancestral_variances`; no noise is added on their last step (to x_0).
+    (Trained runs sample with their config's fixed variance: difflab.generate.resolve_sampler.)
+    x: (N, ...) noise at grid[0]; grid: increasing alpha_bars ending with 1. One denoiser call per step."""
+    learned = getattr(denoiser, "variance_type", None)  # a learned-variance model uses its own (issue 4)
+    variance = resolve_variance(denoiser, x, variance)  # (learned: the table below is unused)
     if variance == "analytic":
         return _ancestral_analytic(denoiser, x, grid, generator, progress, trajectory)
     if variance not in ("small", "large") and not isinstance(variance, (int, float)):
         raise ValueError(f"variance must be 'small', 'large', 'analytic' or a number in [0, 1], got {variance!r}")
     var_all = ancestral_variances(grid, variance)
-    learned = getattr(denoiser, "variance_type", None)  # a learned-variance model uses its own (issue 4)
     if learned:
         from .vlb import model_log_variance, step_log_variances
         tables = step_log_variances(grid)
@@ -343,27 +395,66 @@ def ancestral(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator
     return x
 
 
+_ANALYTIC_SHRINK = 16  # prior weight, in samples, of the pooled E[eps_hat^2] in `_eps_second_moment`
+_ANALYTIC_MIN = 16  # fewer numbers in a batch (N x dim): "analytic" falls back to "small"
+
+
+def _eps_second_moment(eps: torch.Tensor) -> torch.Tensor:
+    """E[eps_hat^2] per coordinate (shape eps.shape[1:], float64) from a batch (N, ...) of predictions:
+        (N m_d + k m) / (N + k),  m_d the batch mean of coordinate d, m the mean over batch and coordinates,
+    k = _ANALYTIC_SHRINK: the per-coordinate estimate for large batches, shrunk towards the pooled (isotropic,
+    Analytic-DPM's own) one for small ones. Measured with the exact denoiser of the benchmark's 64-D mixture
+    (batches of N simulated independently, n = 4096): at 100 steps the per-coordinate form alone drifts from
+    gap -0.20 (N = 4096) to -0.34 (N = 8) and -0.78 nat (N = 1); shrunk, -0.24 / -0.23 (beta~: +6.1).
+    At T = 1000 every N from 1 to 4096 stays at the floor in 64-D (|gap| < 0.1). In 2-D, Gaussian data of
+    std 0.05 / 0.1 at T = 1000 keep their variance within 2% for N = 8 (beta~: 13% / 9% low), but N = 2 and
+    N = 1 give +24% / +18% on the finer scale (the clamp at 0 turns estimation noise into bias), hence the
+    fall-back to beta~ below _ANALYTIC_MIN numbers per batch."""
+    e2 = eps.double().pow(2)
+    n = e2.shape[0]
+    return (n * e2.mean(0) + _ANALYTIC_SHRINK * e2.mean()) / (n + _ANALYTIC_SHRINK)
+
+
 def _ancestral_analytic(denoiser, x, grid, generator, progress, trajectory):
     """Ancestral sampling with the reverse kernel's second moment matched (Analytic-DPM, Bao et al. 2022,
     diagonal form). The true q(x_s | x_t) has covariance beta~ + c0^2 Cov(x0 | x_t), c0 = sqrt(ab_s) (1 - a_ts)
     / (1 - ab_t) the posterior mean's x0 coefficient; beta~ alone drops the second term and under-disperses
     data finer than the smallest noise levels (in 64-D, +0.9 nat at T = 1000). Averaged over x_t, per
-    coordinate d:  E Var(x0_d | x_t) = (1 - ab_t) / ab_t (1 - E[eps_hat_d^2]),  with E[eps_hat_d^2] taken over
-    the batch being sampled (a Monte Carlo draw of the marginal; use batches of hundreds). The step to x_0
-    draws from N(x0_hat, that variance) too. One denoiser call per step."""
+    coordinate d:  E Var(x0_d | x_t) = (1 - ab_t) / ab_t (1 - E[eps_hat_d^2]),  with E[eps_hat_d^2] estimated
+    from the batch being sampled (a Monte Carlo draw of the marginal, `_eps_second_moment`: per coordinate,
+    shrunk towards the pooled value for small batches, so any batch size works; a sample therefore depends a
+    little on the rest of its batch). The step to x_0 draws from N(x0_hat, that variance) too.
+    One denoiser call per step."""
     n = x.shape[0]
     for i in range(len(grid) - 1):
         ab_t, ab_s = grid[i], grid[i + 1]
         x0, eps = _predict(denoiser, x, ab_t, progress)
         mean, _ = G.posterior_mean_var(x0, x, ab_t.expand(n), ab_s.expand(n))
-        a_ts = float(ab_t / ab_s)
-        beta_tilde = (1 - float(ab_s)) / (1 - float(ab_t)) * (1 - a_ts)
-        c0 = math.sqrt(float(ab_s)) * (1 - a_ts) / (1 - float(ab_t))
-        var_x0 = (1 - float(ab_t)) / float(ab_t) * (1 - eps.double().pow(2).mean(0)).clamp(min=0)
-        std = (beta_tilde + c0 ** 2 * var_x0).sqrt().to(x.dtype)
-        x = mean + std * _noise_like(x, generator)
+        x = mean + analytic_step_variance(eps, ab_t, ab_s).sqrt().to(x.dtype) * _noise_like(x, generator)
         _record(trajectory, x)
     return x
+
+
+def analytic_step_variance(eps: torch.Tensor, ab_t, ab_s) -> torch.Tensor:
+    """The "analytic" variance of the ancestral step ab_t -> ab_s (shape eps.shape[1:], float64):
+    beta~ + c0^2 (1 - ab_t) / ab_t (1 - E[eps_hat^2]), E[eps_hat^2] from the batch eps (`_eps_second_moment`)."""
+    ab_t, ab_s = float(ab_t), float(ab_s)
+    a_ts = ab_t / ab_s
+    beta_tilde = (1 - ab_s) / (1 - ab_t) * (1 - a_ts)
+    c0 = math.sqrt(ab_s) * (1 - a_ts) / (1 - ab_t)
+    var_x0 = (1 - ab_t) / ab_t * (1 - _eps_second_moment(eps)).clamp(min=0)
+    return beta_tilde + c0 ** 2 * var_x0
+
+
+def resolve_variance(denoiser: Denoiser, x: torch.Tensor, variance=None):
+    """The ancestral variance `ancestral` uses for this denoiser and batch: None -> "small" for a learned-variance
+    model (its own variance is used), else "analytic"; "analytic" with fewer than _ANALYTIC_MIN numbers in the
+    batch -> "small"."""
+    if variance is None:
+        variance = "small" if getattr(denoiser, "variance_type", None) else "analytic"
+    if variance == "analytic" and x.numel() < _ANALYTIC_MIN:
+        variance = "small"  # too few numbers per step to estimate E[eps_hat^2] (see _eps_second_moment)
+    return variance
 
 
 def ddim(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, eta: float = 0.0,
@@ -664,7 +755,7 @@ def _unipc_coefs(rks, h, p, variant):
 
 
 def unipc(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, order: int | None = None,
-          variant: str = "bh2", corrector: bool = True, final: str = "ode", progress: Callable | None = None,
+          variant: str = "bh2", corrector: bool = True, final: str = "gauss", progress: Callable | None = None,
           trajectory: list | None = None):
     """UniPC (Zhao et al. 2023), data prediction in VE form, lambda = -log sigma, h = lambda_t - lambda_s:
 
@@ -672,8 +763,9 @@ def unipc(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=Non
     corrector UniC-p:  the same from x_s with the new D_t added (r = 1), applied once D_t is known,
     so the corrector costs no call; r_k = (lambda_{s_k} - lambda_s) / h. Order-2 predictor and order-1
     corrector use the weight 1/2 (the h -> 0 limit), as in the paper. One call per level, then the final
-    ODE step to ab = 1. order: 1..4 (ramped up over the first steps); None: the order the tuned grid
-    of this many levels was made for (`tuned_order`)."""
+    step to ab = 1: final="gauss" (default; exact for locally Gaussian data, the width fitted per coordinate
+    from the last two evaluations, `_gauss_final`), "ode" or "denoise" (`_ode_final`). order: 1..4 (ramped
+    up over the first steps); None: the order the tuned grid of this many levels was made for (`tuned_order`)."""
     if order is None:
         order = tuned_order(len(grid) - 1, x[0].numel())
     if variant not in ("bh1", "bh2"):
@@ -682,9 +774,10 @@ def unipc(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=Non
     lam = [-math.log(_sig(a)) for a in levels]
     D = _ve_x0(denoiser, progress)
     x = x / math.sqrt(float(levels[0]))
-    hist, x_prev = [], None
+    hist, x_prev, evals = [], None, []
     for i in range(len(levels)):
         d = D(x, levels[i])
+        evals = (evals + [(x, d, _sig(levels[i]))])[-2:]  # for final="gauss"
         if i > 0 and corrector:
             x = _uni_update(hist, lam, i - 1, i, x_prev, min(order, i), variant, d_new=d)
         hist.append(d)
@@ -695,7 +788,9 @@ def unipc(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=Non
         if len(hist) > order:
             hist.pop(0)
         _record(trajectory, x * math.sqrt(float(levels[i + 1])))
-    return _ode_final(x, hist[-1], final)
+    if final == "gauss" and len(evals) < 2:
+        final = "ode"  # one level: nothing to fit
+    return _ode_final(x, hist[-1], final, fit=evals if final == "gauss" else None)
 
 
 def _uni_update(hist, lam, s, t, x_s, p, variant, d_new=None):
@@ -800,7 +895,10 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sampler: str = "ancestral", 
 
     sampler: one of NAMES; nfe: denoiser calls (default: the schedule's T; ignored by the adaptive "ode");
     grid: override the sampler's default time grid (see `make_grid`); options go to the sampler
-    (variance=, eta=, sde=, order=, snr=, final=, progress= (called once per call), trajectory=, ...)."""
+    (variance=, eta=, sde=, order=, snr=, final=, progress= (called once per call), trajectory=, ...).
+    Defaults worth knowing: "ancestral" matches its kernel's second moment (variance="analytic", from batch
+    statistics) unless the denoiser has a learned variance; "unipc" uses the "tuned" grid for the data's
+    dimension with the order it was tuned for."""
     if sampler not in NAMES:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(NAMES)}")
     spec = _SPECS[sampler]
