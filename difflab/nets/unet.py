@@ -369,8 +369,9 @@ class UNet(nn.Module):
         return norm_act_conv(self.out_norm, self.out_conv, h_, lean=lean).contiguous()
 
     # Feature maps in channels_last (NHWC) memory: True, False, or None = automatic: on CPU, without autograd
-    # (sampling), for batches of 64 or more of maps of 32x32 or more. Measured on a 2-core AVX2 CPU
-    # (benchmarks/speed.py): inference 17% faster at 32x32 (batch 64), but 27% slower at 28x28 with 32 channels and
+    # (sampling), for batches of 16 or more of maps of 32x32 or more. Measured on a 2-core AVX2 CPU
+    # (benchmarks/speed.py): inference 17% faster at 32x32 (batch 64; 12-24% at batch 16 and 32, paired forwards
+    # of the 32x32-rgb net, one thread), but 27% slower at 28x28 with 32 channels and
     # 10% slower at 8x8 (CPU GroupNorm on NHWC is slow for small maps), and training never faster.
     channels_last: bool | None = None
 
@@ -397,6 +398,6 @@ class UNet(nn.Module):
 
     def _channels_last(self, h: torch.Tensor) -> bool:
         if self.channels_last is None:
-            return (h.device.type == "cpu" and not torch.is_grad_enabled() and h.shape[0] >= 64
+            return (h.device.type == "cpu" and not torch.is_grad_enabled() and h.shape[0] >= 16
                     and h.shape[2] * h.shape[3] >= 1024)
         return self.channels_last
