@@ -48,6 +48,7 @@ def test_initial_gamma_0_resolves_the_data_levels(levels):
     interior value (scipy), and the discretised decoder's -log p is of that order; 4 units of log-SNR less
     (noise 7.4x wider) already costs > 0.1 nat/dim. 256 levels land next to VDM's -13.3 for CIFAR-10."""
     from scipy import stats
+
     from difflab.vlb import decoder_nll
     g0 = initial_gamma_0(levels)
     g = torch.Generator().manual_seed(0)
