@@ -49,22 +49,27 @@ MODELS = {
 
 
 def heldout_bound(run: Path, n: int) -> dict:
-    """Negative ELBO in bits/dim on the first n held-out digits: the family's own bound (difflab.families) or
-    the Gaussian chain's full-T bound with the discretised decoder (difflab.elbo)."""
+    """Negative ELBO in bits/dim on the first n held-out digits: the family's own bound (difflab.families) or,
+    for Gaussian models, the `difflab eval --metrics elbo` bound (full T chain with the discretised decoder;
+    VDM in continuous time) on the same digits."""
+    from dataclasses import replace
+
     from difflab import families
     from difflab.runs import load_run
     cfg, net, den = load_run(run)
-    if not families.is_family(cfg.model):  # Gaussian models: the `difflab eval --metrics elbo` bound (full T
-        from difflab.evaluate import evaluate  # chain with the discretised decoder; VDM in continuous time)
-        ctx = EvalContext(checkpoint=str(run), n=n, seed=0, batch_size=100, progress=False)
+    ho = data.split(data.load("digits"), 0.1, seed=0)[1]
+    ho = replace(ho, x=ho.x[:n], labels=None if ho.labels is None else ho.labels[:n])
+    if not families.is_family(cfg.model):
+        from difflab.evaluate import evaluate
+        ctx = EvalContext(checkpoint=str(run), seed=0, batch_size=100, progress=False)
+        ctx._cache["heldout"] = ho   # the metric scores the context's held-out split: these n digits
         r = evaluate(ctx, ["elbo"])["elbo"]
         return {"bits_per_dim": r["bits_per_dim"], "bits_per_dim_se": r.get("bits_per_dim_se"),
-                "n_heldout": len(ctx.heldout.x), "elbo_steps": r.get("steps")}
-    x = data.split(data.load("digits"), 0.1, seed=0)[1].x[:n]
+                "n_heldout": len(ho.x), "elbo_steps": r.get("steps")}
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        nats = torch.cat([families.nelbo_nats(cfg, net, x[i:i + 100], g) for i in range(0, len(x), 100)])
-    bpd = nats.double() / (x[0].numel() * np.log(2))
+        nats = torch.cat([families.nelbo_nats(cfg, net, ho.x[i:i + 100], g) for i in range(0, len(ho.x), 100)])
+    bpd = nats.double() / (ho.x[0].numel() * np.log(2))
     return {"bits_per_dim": float(bpd.mean()), "bits_per_dim_se": float(bpd.std() / np.sqrt(len(bpd))),
             "n_heldout": len(bpd)}
 

@@ -166,19 +166,23 @@ def main():
         res["total_seconds"] = round(time.time() - t_start, 1)
         out.with_suffix(".json").write_text(json.dumps(res, indent=2))
 
+    def confirm(key, label, cfg, den, rows, rec, options):
+        """Samples at the recommended scale with a fresh seed, judged and stored under res[key]."""
+        x, labels = generate_conditional(cfg, den, 10 * a.confirm_per_class, 1, 500, a.sampler, a.nfe,
+                                         progress=False, classes=list(range(10)), **options)
+        conf = class_stats(judge, x, labels, real_div)
+        conf.update(scale=rec, n=len(x), seed=1)
+        print(f"{label} confirm at {rec}: {conf}", flush=True)
+        res[key] = {"sweep": rows, "recommended": rec, "confirm": conf, "command": res["command"]}
+        save()
+
     if "cfg" not in skip:
         cfg_c, _, den_c = load_run(a.cond)
         scales = [float(s) for s in a.cfg_scales.split(",")]
         rows = sweep("classifier-free", cfg_c, den_c, judge, real_div, scales, a.n_per_class, 0, a.sampler, a.nfe,
                      lambda s: {"guidance": s})
         rec = recommend(rows, 0.97)
-        x, labels = generate_conditional(cfg_c, den_c, 10 * a.confirm_per_class, 1, 500, a.sampler, a.nfe,
-                                         progress=False, classes=list(range(10)), guidance=rec)
-        conf = class_stats(judge, x, labels, real_div)
-        conf.update(scale=rec, n=len(x), seed=1)
-        print(f"classifier-free confirm at {rec}: {conf}", flush=True)
-        res["classifier_free"] = {"sweep": rows, "recommended": rec, "confirm": conf, "command": res["command"]}
-        save()
+        confirm("classifier_free", "classifier-free", cfg_c, den_c, rows, rec, {"guidance": rec})
         if "figures" not in skip:
             grid_figure(cfg_c, den_c, [0, 1, rec, max(scales)] if rec not in (0, 1, max(scales)) else
                         sorted({0.0, 1.0, rec, max(scales)}), docs / "guidance_cfg.png",
@@ -192,14 +196,7 @@ def main():
         rows = sweep("classifier", cfg_u, den_u, judge, real_div, scales, a.n_per_class, 0, a.sampler, a.nfe,
                      lambda s: {"classifier": clf, "classifier_scale": s})
         rec = recommend(rows, 0.0, target_mean=0.93)
-        x, labels = generate_conditional(cfg_u, den_u, 10 * a.confirm_per_class, 1, 500, a.sampler, a.nfe,
-                                         progress=False, classes=list(range(10)), classifier=clf,
-                                         classifier_scale=rec)
-        conf = class_stats(judge, x, labels, real_div)
-        conf.update(scale=rec, n=len(x), seed=1)
-        print(f"classifier confirm at {rec}: {conf}", flush=True)
-        res["classifier"] = {"sweep": rows, "recommended": rec, "confirm": conf, "command": res["command"]}
-        save()
+        confirm("classifier", "classifier", cfg_u, den_u, rows, rec, {"classifier": clf, "classifier_scale": rec})
         if "figures" not in skip:
             grid_figure(cfg_u, den_u, sorted({0.0, rec / 2, rec, max(scales)}), docs / "guidance_classifier.png",
                         "classifier guidance (unconditional model)\nrows: class, columns: scale gamma",

@@ -206,9 +206,7 @@ def reverse(den: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, 
                 var = S.analytic_step_variance(eps, ab_t, ab_s).to(x.dtype) if analytic else float(var_all[i])
                 if mean_shift is not None:
                     x_new = x_new + var * mean_shift(x, ab_t.reshape(1).expand(n))
-                if analytic:  # (its last step draws from N(x0_hat, Var(x0 | x_1)) too)
-                    x_new = x_new + var ** 0.5 * S._noise_like(x, generator)
-                elif not last:
+                if analytic or not last:  # (analytic: the last step draws from N(x0_hat, Var(x0 | x_1)) too)
                     x_new = x_new + var ** 0.5 * S._noise_like(x, generator)
             else:
                 var = eta ** 2 * (1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)
