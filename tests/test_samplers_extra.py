@@ -192,14 +192,33 @@ def test_unipc_few_steps_keeps_the_64d_log_density_where_ddim_does_not():
         res[(name, nfe)] = judge(gm, x, n)
     sw10, swf, gap10, gf = res[("unipc", 10)]
     sw20, _, gap20, _ = res[("unipc", 20)]
-    assert abs(gap10) < 1.5 and abs(gap20) < 0.5 + 4 * gf, (gap10, gap20, gf)
+    assert abs(gap10) < 2 and abs(gap20) < 0.5 + 4 * gf, (gap10, gap20, gf)
     assert sw10 < 1.5 * swf and sw20 < 1.3 * swf, (sw10, sw20, swf)
     # sharper: against the exact PF-ODE map of the same noise (adaptive RK45, tight tolerance), whose own gap
-    # is this draw's sampling noise; measured errors 0.23 (10 calls) and 0.014 (20 calls)
+    # is this draw's sampling noise; measured errors 1.15 (10 calls) and 0.014 (20 calls). The 10-level grid
+    # trades accuracy on well-separated modes like these (0.23 with the previous, Gaussian-tuned grid) for
+    # mixtures whose components differ in width (next test; benchmarks/samplers_grid_tuning_highdim.py)
     exact = judge(gm, difflab.sample(den, noise, "ode", rtol=1e-7, atol=1e-7), n)[2]
-    assert abs(gap10 - exact) < 0.4 and abs(gap20 - exact) < 0.1, (gap10, gap20, exact)
+    assert abs(gap10 - exact) < 1.5 and abs(gap20 - exact) < 0.1, (gap10, gap20, exact)
     # the usual few-step recipe is several nats off: the check has teeth
     assert res[("ddim", 10)][2] > 5 and abs(res[("dpmpp_2m", 10)][2]) > 5
+
+
+def test_unipc_ten_calls_on_64d_modes_of_different_widths():
+    """Seven overlapping 64-D components, each with its own width (0.4 .. 1.8): the 10-call default stays
+    within 1 nat of the exact PF-ODE map (measured -0.39); the previous Gaussian-tuned grid was 4.2 nat
+    over-concentrated here, DDIM 18.8."""
+    g = torch.Generator().manual_seed(12)
+    k, d = 7, 64
+    widths = 0.4 * 4.5 ** torch.rand(k, 1, generator=g, dtype=torch.float64)
+    gm = GaussianMixture(torch.rand(k, generator=g, dtype=torch.float64) + 0.5,
+                         0.2 * torch.randn(k, d, generator=g, dtype=torch.float64), widths.expand(k, d).clone())
+    den, n = gm.fast_denoiser(SCHED), 2000
+    noise = torch.randn(n, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = judge(gm, difflab.sample(den, noise, "ode", rtol=1e-7, atol=1e-7), n)[2]
+    gap10 = judge(gm, difflab.sample(den, noise, "unipc", nfe=10), n)[2]
+    ddim10 = judge(gm, difflab.sample(den, noise, "ddim", nfe=10), n)[2]
+    assert abs(gap10 - exact) < 1.0 and ddim10 - exact > 5, (gap10, ddim10, exact)
 
 
 # ---- grids: range, no repeats, float64 products, respacing -------------------------------------
