@@ -145,7 +145,7 @@ def _grid_karras(schedule, n, rho=7.0):
 # (benchmarks/samplers_highdim_validation.py) it was up to 9 nat over-concentrated and beat every diffusers
 # scheduler on 25 of 40 training / 17 of 24 held-out mixtures. The "low" 10-level entry, evenly spread over
 # sigma 16 .. 0.05, beats them on 33 / 22 (the exact PF-ODE map itself: 34 / 23), mean |error| 1.8 -> 1.0
-# and 1.6 -> 0.8 nat; its cost is on single Gaussians of scale 0.3 .. 3 (0.5 .. 1.4 nat off, where diffusers'
+# and 1.6 -> 0.8 nat; its cost is on single Gaussians of scale 0.2 .. 3 (0.5 .. 1.4 nat off, where diffusers'
 # best is 2.4 .. 4.7 off up to scale 1). At 5 .. 9 levels the Gaussian-tuned entries keep the lower median.
 _TUNED: dict[str, dict[int, tuple[int, list[float]]]] = {  # "high"/"low" -> n -> (order, sigma_1..)
     "high": {
