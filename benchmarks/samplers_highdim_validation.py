@@ -76,15 +76,8 @@ def main():
     js = RESULTS / "samplers_highdim_validation.json"
     nfes = [int(v) for v in a.nfe.split(",")]
     if not a.report:
-        allres = []
-        for s in V.parse_seeds(a.seeds):
-            gm, desc = random_mixture_hd(s, a.dim)
-            res = V.run_one(gm, desc, f"seed {s}", a.n, nfes)
-            allres.append(res)
-            line = "  ".join(f"NFE {k}: {'PASS' if V.verdict(res, k)[0] else 'FAIL'} "
-                             f"dgap {V.verdict(res, k)[1]['dgap']:+.3f}" for k in nfes)
-            print(f"seed {s:3d} {desc:70s} {line} ({res['seconds']}s)", flush=True)
-            js.write_text(json.dumps(allres, indent=1))
+        mixes = [(f"seed {s}", *random_mixture_hd(s, a.dim)) for s in V.parse_seeds(a.seeds)]
+        V.run_all(mixes, a.n, nfes, js, desc_width=70)
     allres = json.loads(js.read_text())
     V.report(allres, js.with_suffix(".md"), nfes,
              title=f"difflab's default UniPC vs diffusers on random {allres[0].get('dim', a.dim)}-D mixtures",

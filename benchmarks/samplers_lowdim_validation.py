@@ -130,15 +130,39 @@ def run_one(gm, desc, name, n, nfes, difflab_labels=DIFFLAB):
     return res
 
 
+def best_diffusers(res, nfe):
+    """(best diffusers SW2 row, best diffusers |gap| row) at one NFE, diverged runs left out."""
+    df = [r for r in res["rows"] if r["nfe_target"] == nfe and r["lib"] == "diffusers"
+          and not math.isnan(r["sw2"]) and not math.isnan(r["gap"])]
+    return min(df, key=lambda r: r["sw2"]), min(df, key=lambda r: abs(r["gap"]))
+
+
+def beats(row, b_sw, b_gap) -> bool:
+    """The issue's test: lower SW2 and lower |gap| than the best diffusers rows."""
+    return row["sw2"] < b_sw["sw2"] and abs(row["gap"]) < abs(b_gap["gap"])
+
+
 def verdict(res, nfe, method="unipc (default)"):
     """(passes, our row, best diffusers SW2 row, best diffusers |gap| row) at one NFE."""
-    rows = [r for r in res["rows"] if r["nfe_target"] == nfe]
-    ours = [r for r in rows if r["lib"] == "difflab" and r["method"] == method][0]
-    df = [r for r in rows if r["lib"] == "diffusers" and not math.isnan(r["sw2"]) and not math.isnan(r["gap"])]
-    b_sw = min(df, key=lambda r: r["sw2"])
-    b_gap = min(df, key=lambda r: abs(r["gap"]))
-    ok = ours["sw2"] < b_sw["sw2"] and abs(ours["gap"]) < abs(b_gap["gap"])
-    return ok, ours, b_sw, b_gap
+    ours = [r for r in res["rows"] if r["nfe_target"] == nfe and r["lib"] == "difflab" and r["method"] == method][0]
+    b_sw, b_gap = best_diffusers(res, nfe)
+    return beats(ours, b_sw, b_gap), ours, b_sw, b_gap
+
+
+def run_all(mixes, n, nfes, js, difflab_labels=DIFFLAB, name_width=13, desc_width=55):
+    """run_one on each (name, mixture, description), printing the verdicts and (js not None) saving the list to js
+    after each mixture."""
+    allres = []
+    for name, gm, desc in mixes:
+        res = run_one(gm, desc, name, n, nfes, difflab_labels)
+        allres.append(res)
+        verdicts = [verdict(res, k, m) for k in nfes for m in difflab_labels]
+        line = "  ".join(f"NFE {v[1]['nfe_target']}: {'PASS' if v[0] else 'FAIL'} dgap {v[1]['dgap']:+.3f}"
+                         for v in verdicts)
+        print(f"{name:{name_width}s} {desc:{desc_width}s} {line} ({res['seconds']}s)", flush=True)
+        if js is not None:
+            js.write_text(json.dumps(allres, indent=1))
+    return allres
 
 
 def summary(allres, nfe, method="unipc (default)"):
@@ -219,14 +243,7 @@ def main():
         for s in parse_seeds(a.seeds):
             gm, desc = random_mixture(s)
             mixes.append((f"seed {s}", gm, desc))
-        allres = []
-        for name, gm, desc in mixes:
-            res = run_one(gm, desc, name, a.n, nfes)
-            allres.append(res)
-            line = "  ".join(f"NFE {k}: {'PASS' if verdict(res, k)[0] else 'FAIL'} "
-                             f"dgap {verdict(res, k)[1]['dgap']:+.3f}" for k in nfes)
-            print(f"{name:13s} {desc:55s} {line} ({res['seconds']}s)", flush=True)
-            js.write_text(json.dumps(allres, indent=1))
+        run_all(mixes, a.n, nfes, js)
     allres = json.loads(js.read_text())
     prev = RESULTS / "samplers_lowdim_validation_before.json"
     before = (prev.name, json.loads(prev.read_text())) if prev.exists() and prev != js else None

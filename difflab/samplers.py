@@ -139,14 +139,15 @@ def _grid_karras(schedule, n, rho=7.0):
 # PF-ODE map of the same noise): at 11, 12, 15, 20, 30 levels the band is within 0.26, 0.18, 0.07, 0.04,
 # 0.02 nat where the interpolated high table was 0.81, 0.84, 0.84, 0.56, 0.24 off; at <= 10 levels the
 # table wins (10: 0.52 vs 1.6). Levels are clipped to the schedule's range.
-# "high" at 10 levels (issue 5, benchmarks/samplers_grid_tuning_highdim.py): the Gaussian-tuned entry
-# (29.02, 10.33, 2.496, 0.7713, 0.2658, 0.1082, 0.04741, 0.026, 0.01359) was within 0.03 nat on Gaussian
+# "high" at 10 levels (issue 5, benchmarks/samplers_grid_tuning_highdim.py, which keeps the old entry): the
+# Gaussian-tuned entry was within 0.03 nat on Gaussian
 # data but left the mixture transition between sigma 10 and 0.77 to two steps: on 64 random 64-D mixtures
 # (benchmarks/samplers_highdim_validation.py) it was up to 9 nat over-concentrated and beat every diffusers
 # scheduler on 25 of 40 training / 17 of 24 held-out mixtures. The "low" 10-level entry, evenly spread over
-# sigma 16 .. 0.05, beats them on 33 / 22 (the exact PF-ODE map itself: 34 / 23), mean |error| 1.8 -> 1.0
+# sigma 16 .. 0.05 (`_SPREAD_10`), beats them on 33 / 22 (the exact PF-ODE map itself: 34 / 23), mean |error| 1.8 -> 1.0
 # and 1.6 -> 0.8 nat; its cost is on single Gaussians of scale 0.2 .. 3 (0.5 .. 1.4 nat off, where diffusers'
 # best is 2.4 .. 4.7 off up to scale 1). At 5 .. 9 levels the Gaussian-tuned entries keep the lower median.
+_SPREAD_10 = (2, [16.04, 6.205, 2.606, 1.425, 0.7519, 0.356, 0.1965, 0.09294, 0.04779])  # both tables
 _TUNED: dict[str, dict[int, tuple[int, list[float]]]] = {  # "high"/"low" -> n -> (order, sigma_1..)
     "high": {
         5: (2, [4.283, 1.065, 0.1835, 0.0402]),
@@ -154,10 +155,10 @@ _TUNED: dict[str, dict[int, tuple[int, list[float]]]] = {  # "high"/"low" -> n -
         7: (2, [6.811, 2.168, 0.5521, 0.1677, 0.0725, 0.0267]),
         8: (2, [9.39, 2.925, 0.7969, 0.2853, 0.09808, 0.05189, 0.02157]),
         9: (2, [15.72, 4.147, 1.177, 0.3851, 0.1484, 0.06093, 0.03287, 0.01595]),
-        10: (2, [16.04, 6.205, 2.606, 1.425, 0.7519, 0.356, 0.1965, 0.09294, 0.04779]),  # = "low" (see above)
+        10: _SPREAD_10,
     },
     "low": {  # benchmarks/samplers_grid_tuning_lowdim.py (issue 5): chosen on 40 random 2-D mixtures
-        10: (2, [16.04, 6.205, 2.606, 1.425, 0.7519, 0.356, 0.1965, 0.09294, 0.04779]),
+        10: _SPREAD_10,
         14: (2, [50.0, 10.0, 3.632, 2.248, 1.392, 0.8615, 0.5332, 0.3301, 0.2043, 0.1265, 0.07829, 0.04846, 0.03]),
         20: (4, [50.0, 20.0, 5.0, 3.632, 2.638, 1.916, 1.392, 1.011, 0.7341, 0.5332, 0.3873, 0.2813, 0.2043,
                  0.1484, 0.1078, 0.07829, 0.05687, 0.0413, 0.03]),

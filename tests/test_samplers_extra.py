@@ -192,7 +192,7 @@ def test_unipc_few_steps_keeps_the_64d_log_density_where_ddim_does_not():
         res[(name, nfe)] = judge(gm, x, n)
     sw10, swf, gap10, gf = res[("unipc", 10)]
     sw20, _, gap20, _ = res[("unipc", 20)]
-    assert abs(gap10) < 2 and abs(gap20) < 0.5 + 4 * gf, (gap10, gap20, gf)
+    assert abs(gap10) < 1.5 and abs(gap20) < 0.5 + 4 * gf, (gap10, gap20, gf)
     assert sw10 < 1.5 * swf and sw20 < 1.3 * swf, (sw10, sw20, swf)
     # sharper: against the exact PF-ODE map of the same noise (adaptive RK45, tight tolerance), whose own gap
     # is this draw's sampling noise; measured errors 1.15 (10 calls) and 0.014 (20 calls). The 10-level grid
