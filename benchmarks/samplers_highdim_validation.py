@@ -14,9 +14,15 @@ everything then scaled by 0.3 .. 3. Same setup and scores as samplers_lowdim_val
 denoiser, linear schedule T = 1000, shared float32 noise, the exact PF-ODE map of the same noise, dgap =
 gap - gap(exact map), the sampler's own error).
 
+`--family digits` (`digits_mixture(seed)`): image-like 64-D mixtures instead, the means taken from
+scikit-learn's 8x8 digits scaled to [-1, 1] (the ten class means, or 5 .. 39 random images), widths 0.05 ..
+0.4, one per component or varying per coordinate (+-0.7 in log): data that lie where images lie, not drawn
+by the same generator the 10-level grid was chosen on.
+
 Run:  python benchmarks/samplers_highdim_validation.py [--seeds 0-7] [--dim 64] [--n 2000] [--nfe 10,20]
-      python benchmarks/samplers_highdim_validation.py --report
-Writes benchmarks/results/samplers_highdim_validation.json and .md.
+      python benchmarks/samplers_highdim_validation.py --family digits --seeds 0-23 --n 4000
+      python benchmarks/samplers_highdim_validation.py [--family digits] --report
+Writes benchmarks/results/samplers_highdim_validation[_digits].json and .md.
 """
 from __future__ import annotations
 
@@ -64,23 +70,47 @@ def random_mixture_hd(seed: int, dim: int = 64) -> tuple[GaussianMixture, str]:
     return GaussianMixture(torch.tensor(w), torch.tensor(mu * scale), torch.tensor(sd * scale)), desc
 
 
+def digits_mixture(seed: int) -> tuple[GaussianMixture, str]:
+    """A 64-D mixture whose means are 8x8 digit images in [-1, 1] (scikit-learn's bundled set), widths
+    0.05 .. 0.4: kind and width cycle with the seed, the chosen images and weights are random."""
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    x, y = digits.data / 8.0 - 1.0, digits.target
+    g = np.random.default_rng(20_000 + seed)
+    kind = ("class means", "random images", "random images, widths per coordinate")[seed % 3]
+    width = (0.05, 0.1, 0.2, 0.4)[(seed // 3) % 4]
+    if kind == "class means":
+        mu = np.stack([x[y == c].mean(0) for c in range(10)])
+    else:
+        mu = x[g.choice(len(x), size=int(g.integers(5, 40)), replace=False)]
+    k = len(mu)
+    sd = width * (np.exp(g.uniform(-0.7, 0.7, size=(k, 64))) if seed % 3 == 2 else np.ones((k, 64)))
+    w = g.uniform(0.2, 1.0, size=k)
+    desc = f"digits, {kind}, K={k}, widths {sd.min():.3f}..{sd.max():.3f}"
+    return GaussianMixture(torch.tensor(w), torch.tensor(mu), torch.tensor(sd)), desc
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="0-7")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--nfe", default="10,20")
+    ap.add_argument("--family", choices=("random", "digits"), default="random")
     ap.add_argument("--report", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    js = RESULTS / "samplers_highdim_validation.json"
+    digits = a.family == "digits"
+    js = RESULTS / f"samplers_highdim_validation{'_digits' if digits else ''}.json"
     nfes = [int(v) for v in a.nfe.split(",")]
     if not a.report:
-        mixes = [(f"seed {s}", *random_mixture_hd(s, a.dim)) for s in V.parse_seeds(a.seeds)]
+        mixes = [(f"seed {s}", *(digits_mixture(s) if digits else random_mixture_hd(s, a.dim)))
+                 for s in V.parse_seeds(a.seeds)]
         V.run_all(mixes, a.n, nfes, js, desc_width=70)
     allres = json.loads(js.read_text())
     V.report(allres, js.with_suffix(".md"), nfes,
-             title=f"difflab's default UniPC vs diffusers on random {allres[0].get('dim', a.dim)}-D mixtures",
+             title=("difflab's default UniPC vs diffusers on 64-D mixtures with digit-image means" if digits else
+                    f"difflab's default UniPC vs diffusers on random {allres[0].get('dim', a.dim)}-D mixtures"),
              script="benchmarks/samplers_highdim_validation.py")
 
 

@@ -445,3 +445,24 @@ def test_unipc_default_last_step_keeps_fine_modes():
     assert gaps["ode"] < -(3 * gap_floor + 0.03), (gaps, gap_floor)
     with pytest.raises(ValueError, match="only unipc"):
         difflab.sample(den, noise[:4], "dpmpp_2m", nfe=5, final="gauss")
+
+
+@pytest.mark.parametrize("nfe, bound", [(20, 0.3), (50, 0.15)])
+def test_unipc_resolves_wide_and_narrow_gaussian_data_in_64d(nfe, bound):
+    """Data N(0, diag(s^2)), s log-uniform over 0.1 .. 6 across the 64 coordinates: the PF-ODE is linear per
+    coordinate and maps x_T to s x_T / sqrt(ab_T s^2 + 1 - ab_T), so the sampler's per-coordinate output
+    variance has a closed form. Its error, as the log-density gap of a 64-D Gaussian of that scale
+    (D/2 (1 - c^2 / c_exact^2)), stays small: measured max 0.20 nat (20 calls) and 0.13 (50). A grid band
+    topped at sigma 10 was 1.9 and 1.6 nat off, the data wider than ~4 getting one step from sigma_max."""
+    s = torch.logspace(math.log10(0.1), math.log10(6.0), 64, dtype=torch.float64)
+
+    def fn(x, ab):
+        ab = ab.reshape(-1, 1)
+        return (1 - ab).sqrt() * x / (ab * s ** 2 + 1 - ab)
+    den = difflab.Denoiser.from_eps(fn, SCHED)
+    noise = torch.ones(2, 64, dtype=torch.float64)
+    out = difflab.sample(den, noise, "unipc", nfe=nfe)[0]
+    ab_T = AB[-1].double()
+    exact = s / (ab_T * s ** 2 + 1 - ab_T).sqrt()
+    gap64 = 32 * (1 - (out / exact) ** 2)
+    assert gap64.abs().max() < bound, gap64.abs().max()
