@@ -1,4 +1,4 @@
-"""Where the log-uniform band of UniPC's tuned grid should start (issue 5): `samplers._BAND` / `_BAND_WIDE_HI`.
+"""Where the log-uniform band of UniPC's tuned grid should start (issue 5): `samplers._band_top`.
 
 Beyond its tables (high dimension: 11 levels and more; 2-D: 21 and more) difflab's UniPC uses sigma_max, then
 n - 1 levels log-uniform from sigma_hi down to 0.02, order 4. With sigma_hi = 10, data wider than ~4 get one

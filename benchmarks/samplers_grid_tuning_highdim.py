@@ -66,11 +66,6 @@ def gaussian_gaps(sig, dim=64):
     return (-(dim / 2) * ((out[0] / SCALES) ** 2 - 1)).tolist()
 
 
-def map_passes(res, nfe=10):
-    """Does the exact PF-ODE map itself pass the issue's test (the ceiling set by the true set's noise)?"""
-    return V.beats(res["exact_map"], *V.best_diffusers(res, nfe))
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--train", default="100-139")
@@ -95,7 +90,7 @@ def main():
              "|gap|. dgap: gap minus the exact PF-ODE map's gap for the same noise (nat).", ""]
     for set_name, allres in sets.items():
         lines.append(f"**{set_name} mixtures** ({len(allres)}): the exact PF-ODE map itself passes on "
-                     f"{sum(map_passes(r) for r in allres)}.")
+                     f"{sum(V.map_passes(r, 10) for r in allres)}.")
         lines.append("")
         for k in cands:
             lines.append(f"- {k}: {V.summary(allres, 10, method=k)}.")

@@ -84,7 +84,7 @@ def digits_mixture(seed: int) -> tuple[GaussianMixture, str]:
     else:
         mu = x[g.choice(len(x), size=int(g.integers(5, 40)), replace=False)]
     k = len(mu)
-    sd = width * (np.exp(g.uniform(-0.7, 0.7, size=(k, 64))) if seed % 3 == 2 else np.ones((k, 64)))
+    sd = width * (np.exp(g.uniform(-0.7, 0.7, size=(k, 64))) if "per coordinate" in kind else np.ones((k, 64)))
     w = g.uniform(0.2, 1.0, size=k)
     desc = f"digits, {kind}, K={k}, widths {sd.min():.3f}..{sd.max():.3f}"
     return GaussianMixture(torch.tensor(w), torch.tensor(mu), torch.tensor(sd)), desc

@@ -134,12 +134,11 @@ def _grid_karras(schedule, n, rho=7.0):
 # mixtures: benchmarks/results/samplers_lowdim_validation.md.
 # n below a table's largest entry: log-sigma interpolated over the nearest larger entry (as Align Your
 # Steps does), with that entry's order. n above it (high: 11 levels and more; low: 21 and more): sigma_max,
-# then n - 1 levels log-uniform in the band sigma 10 (20 from 20 levels) .. 0.02 (`_BAND`) for UniPC of
-# order 4. Measured with the top at 10 on the benchmark's three mixtures (2-D, 64-D, 64-D wide; n = 3000,
-# error = gap minus the gap of the exact PF-ODE map of the same noise): at 11, 12, 15, 20, 30 levels the
-# band is within 0.26, 0.18, 0.07, 0.04,
-# 0.02 nat where the interpolated high table was 0.81, 0.84, 0.84, 0.56, 0.24 off; at <= 10 levels the
-# table wins (10: 0.52 vs 1.6). Levels are clipped to the schedule's range.
+# then n - 1 levels log-uniform in the band sigma `_band_top(n)` .. 0.02 (`_BAND`) for UniPC of order 4.
+# Measured with the top at 10 on the benchmark's three mixtures (2-D, 64-D, 64-D wide; n = 3000, error = gap
+# minus the gap of the exact PF-ODE map of the same noise): at 11, 12, 15, 20, 30 levels the band is within
+# 0.26, 0.18, 0.07, 0.04, 0.02 nat where the interpolated high table was 0.81, 0.84, 0.84, 0.56, 0.24 off; at
+# <= 10 levels the table wins (10: 0.52 vs 1.6). Levels are clipped to the schedule's range.
 # "high" at 10 levels (issue 5, benchmarks/samplers_grid_tuning_highdim.py, which keeps the old entry): the
 # Gaussian-tuned entry was within 0.03 nat on Gaussian
 # data but left the mixture transition between sigma 10 and 0.77 to two steps: on 64 random 64-D mixtures
@@ -166,14 +165,19 @@ _TUNED: dict[str, dict[int, tuple[int, list[float]]]] = {  # "high"/"low" -> n -
     },
 }
 _LOW_DIM = 8
-_BAND = (10.0, 0.02, 4)  # (sigma_hi, sigma_lo, UniPC order) of the tuned grid beyond the tables
-# From 20 levels the band starts at sigma 20 (`_BAND_WIDE_FROM`, issue 5): topped at 10 it leaves data wider
-# than ~4 to one step from sigma_max (157) to 10. Measured (benchmarks/samplers_band_top.py, error against the
-# exact PF-ODE map): at 20 levels on 24 random 64-D mixtures mean |error| 0.089 -> 0.040 nat (max 0.58 ->
-# 0.19), 64-D Gaussians of scale 0.1 .. 6 within 0.20 nat (was 1.87); at 30 and 50 levels the same picture;
-# the cost is <= 0.01 nat on the benchmark's and digit-like 64-D mixtures. Below 20 levels the evidence is
-# mixed (15: digit-like mixtures 0.13 -> 0.25 nat) and 12 levels lose outright, so the top stays at 10 there.
-_BAND_WIDE_FROM, _BAND_WIDE_HI = 20, 20.0
+_BAND = (0.02, 4)  # (sigma_lo, UniPC order) of the tuned grid beyond the tables
+
+
+def _band_top(n: int) -> float:
+    """The band's highest sigma for n levels: 10 below 20 levels, 20 from 20 levels (issue 5).
+
+    Topped at 10 the band leaves data wider than ~4 to one step from sigma_max (157) to 10. Measured
+    (benchmarks/samplers_band_top.py, error against the exact PF-ODE map): at 20 levels on 24 random 64-D
+    mixtures mean |error| 0.089 -> 0.040 nat (max 0.58 -> 0.19), 64-D Gaussians of scale 0.1 .. 6 within
+    0.20 nat (was 1.87); at 30 and 50 levels the same picture; the cost is <= 0.01 nat on the benchmark's and
+    digit-like 64-D mixtures. Below 20 levels the evidence is mixed (15: digit-like mixtures 0.13 -> 0.25 nat)
+    and 12 levels lose outright (random mixtures 0.45 -> 0.80)."""
+    return 20.0 if n >= 20 else 10.0
 
 
 def _table(dim):
@@ -185,9 +189,8 @@ def _tuned_entry(n, dim=None):
     """(order, interior log-sigmas (n - 1,)) for n levels, interpolating the table when n is not in it."""
     table = _table(dim)
     if n > max(table):
-        hi, lo, order = _BAND
-        hi = _BAND_WIDE_HI if n >= _BAND_WIDE_FROM else hi
-        return order, torch.linspace(math.log(hi), math.log(lo), n - 1, dtype=torch.float64)
+        lo, order = _BAND
+        return order, torch.linspace(math.log(_band_top(n)), math.log(lo), n - 1, dtype=torch.float64)
     if n in table:
         order, sig = table[n]
         return order, torch.tensor(sig, dtype=torch.float64).log()
