@@ -20,6 +20,16 @@ order of the noise between runs, so the Gaussian guard decided between them):
     10 levels: the previous entry warped, c = 1.25, p = 0.9 (order 2);
     20 levels: sigma_max, 50, 20, then 5 .. 0.03 log-uniform (order 4); 14 levels: that grid resampled, order 2;
     other counts interpolate log sigma over the next larger entry (samplers._tuned_entry).
+Second pass (also listed): the log-density error cannot see a sample that lands in another mode than the
+exact map's, so each candidate is also scored by the SW2 between its samples and the exact map's (same
+directions as the benchmark's judge) and by the fraction of samples whose most likely mode differs from the
+exact map's (samplers_lowdim_validation.to_map). The first pass's 20-level grid sent up to 3 % of the samples of
+mixtures 3 .. 9 wide to another mode (SW2 to the map up to 0.53) because it had one step from sigma 20 to 5;
+chosen instead:
+    20 levels: sigma_max, 45, 18, 8, then 4.2 .. 0.033 log-uniform (order 4);
+    14 levels: sigma_max, 40, 14, 6, then 3 .. 0.04 log-uniform (order 2).
+The 10-level entry stays: grids with more levels above sigma 3 lowered its SW2 to the map a little (0.064 ->
+0.060) for a larger log-density error (0.063 -> 0.070); 10 calls cannot resolve both a wide layout and fine modes.
 
 Run:  python benchmarks/samplers_grid_tuning_lowdim.py [--n 1500] [--seeds 1000-1039]   (~20 min, one core)
 Writes benchmarks/results/samplers_grid_tuning_lowdim.json and .md.
@@ -79,6 +89,19 @@ def candidates():
                     out.append((20, f"top {list(tops)} band {hi} .. {lo}", band(20, hi, lo, tops), 4))
     for order in (2, 3):
         out.append((20, f"band 10 .. 0.02, order {order}", band(20, 10, 0.02), order))
+    # second pass: more levels above sigma 4, where samples choose between modes far apart
+    for tops, hi, lo in (((50, 20, 10), 5, 0.03), ((50, 20, 10), 5, 0.035), ((40, 15, 7), 4, 0.03),
+                         ((45, 18, 8), 4.2, 0.033), ((50, 22, 11, 6), 4, 0.035), ((40, 16, 8, 4.5), 3.3, 0.032),
+                         ((50,), 20, 0.03), ((), 50, 0.03)):
+        out.append((20, f"top {list(tops)} band {hi} .. {lo}", band(20, hi, lo, tops), 4))
+    for tops, hi, lo in (((45, 16, 7), 3.5, 0.035), ((40, 14), 5, 0.035), ((40, 14, 6), 3, 0.04)):
+        out.append((14, f"top {list(tops)} band {hi} .. {lo}", band(14, hi, lo, tops), 2))
+    spread = np.r_[S_MAX, S._SPREAD_10[1]]
+    for label, sig in (("spread, top 25, 8", np.r_[S_MAX, 25, 8, 3.2, spread[4:]]),
+                       ("top 20 .. 0.048", np.r_[S_MAX, 20, 8, 3.4, 1.6, 0.75, 0.36, 0.18, 0.09, 0.048]),
+                       ("top 30 .. 0.048", np.r_[S_MAX, 30, 10, 4, 1.8, 0.85, 0.4, 0.2, 0.095, 0.048]),
+                       ("band 30 .. 0.045", band(10, 30, 0.045))):
+        out.append((10, label, sig, 2))
     return out
 
 
@@ -99,14 +122,17 @@ class Problem:
         self.gm, self.desc = V.random_mixture(seed)
         self.fast = B.FastExactMixture(self.gm)
         self.noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(77 + seed))
-        ref = V.exact_map(self.gm, self.noise)
-        self.ref_lp = self.gm.log_prob(ref).mean().item()
+        self.ref = V.exact_map(self.gm, self.noise)
+        self.ref_lp = self.gm.log_prob(self.ref).mean().item()
+        self.judge = B.Judge(self.gm, 10, n_floor=1)  # only its projection directions are used
         self.wide = float(self.gm.sample(4000, torch.Generator().manual_seed(0)).std(0).max()) > 4
 
     def error(self, sig, order):
+        """(log-density error, SW2 to the exact map's samples, fraction of samples in another mode)."""
         ab = torch.tensor(1 / (1 + np.asarray(sig) ** 2))
         x = difflab.sample(self.fast.denoiser(), self.noise, "unipc", grid=ab, order=order)
-        return self.gm.log_prob(x.double()).mean().item() - self.ref_lp
+        m = V.to_map(self.gm, self.judge, x, self.ref)
+        return self.gm.log_prob(x.double()).mean().item() - self.ref_lp, m["sw2_to_map"], m["mode_swap"]
 
 
 def main():
@@ -129,17 +155,22 @@ def main():
             np.r_[S_MAX, np.exp(np.interp(np.linspace(0, 8, n - 1), np.arange(9), np.log(PREVIOUS_10)))]
         cands.append((n, "previous table", prev, 4 if n > 10 else 2))
     for n, label, sig, order in cands:
-        err = np.array([p.error(sig, order) for p in probs])
+        err, sw_map, swap = np.array([p.error(sig, order) for p in probs]).T
         wide = np.array([e for e, p in zip(err, probs) if p.wide])
         g = gaussian_gaps(sig, order)
         row = {"levels": n, "label": label, "order": order, "sigmas": [float(v) for v in sig],
                "mean_abs_err": float(np.abs(err).mean()), "median_abs_err": float(np.median(np.abs(err))),
                "max_abs_err": float(np.abs(err).max()), "mean_err": float(err.mean()),
                "wide_mean_abs_err": float(np.abs(wide).mean()) if len(wide) else None,
-               "errors": err.tolist(), "gaussian_gaps": g}
+               "mean_sw2_to_map": float(sw_map.mean()), "max_sw2_to_map": float(sw_map.max()),
+               "mean_mode_swap": float(swap.mean()), "max_mode_swap": float(swap.max()),
+               "errors": err.tolist(), "sw2_to_map": sw_map.tolist(), "mode_swap": swap.tolist(),
+               "gaussian_gaps": g}
         rows.append(row)
         print(f"{n:3d} {label:40s} o{order} mean|err| {row['mean_abs_err']:.4f} max {row['max_abs_err']:.3f} "
-              f"wide {row['wide_mean_abs_err'] or float('nan'):.4f} | Gaussian max |gap| {max(map(abs, g)):.3f}",
+              f"wide {row['wide_mean_abs_err'] or float('nan'):.4f} | SW2 to map {row['mean_sw2_to_map']:.4f} max "
+              f"{row['max_sw2_to_map']:.3f} | other mode max {100 * row['max_mode_swap']:.1f} % | Gaussian max |gap| "
+              f"{max(map(abs, g)):.3f}",
               flush=True)
     out = HERE / "results" / "samplers_grid_tuning_lowdim.json"
     out.write_text(json.dumps({"n": a.n, "seeds": a.seeds, "scales": SCALES.tolist(),
@@ -147,13 +178,18 @@ def main():
     lines = ["# Low-dimensional UniPC grids: candidates on 40 random 2-D mixtures", "",
              "Generated by `benchmarks/samplers_grid_tuning_lowdim.py` (see its docstring). Error: mean log q of "
              "UniPC's samples minus that of the exact PF-ODE map of the same noise (nat), per mixture; "
-             f"n = {a.n}. Gaussian: the 2-D gap of N(0, s^2 I), s in {SCALES.tolist()}.", "",
+             f"n = {a.n}. SW2 to map: between UniPC's samples and the exact map's. Other mode: the fraction of "
+             "samples whose most likely mode differs from the exact map's (mean / max over mixtures). "
+             f"Gaussian: the 2-D gap of N(0, s^2 I), s in {SCALES.tolist()}.", "",
              "| levels | grid | order | mean abs error | median | max | mean (signed) | wide mixtures | "
-             "Gaussian max abs gap |", "|---|---|---|---|---|---|---|---|---|"]
+             "SW2 to map mean / max | other mode mean / max | Gaussian max abs gap |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['levels']} | {r['label']} | {r['order']} | {r['mean_abs_err']:.4f} | "
                      f"{r['median_abs_err']:.4f} | {r['max_abs_err']:.3f} | {r['mean_err']:+.4f} | "
-                     f"{r['wide_mean_abs_err'] or float('nan'):.4f} | {max(map(abs, r['gaussian_gaps'])):.3f} |")
+                     f"{r['wide_mean_abs_err'] or float('nan'):.4f} | {r['mean_sw2_to_map']:.4f} / "
+                     f"{r['max_sw2_to_map']:.3f} | {100 * r['mean_mode_swap']:.2f} / "
+                     f"{100 * r['max_mode_swap']:.1f} % | {max(map(abs, r['gaussian_gaps'])):.3f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

@@ -13,7 +13,8 @@ Same setup and scores as samplers_vs_diffusers.py (exact denoiser, linear schedu
 noise, SW2 on 256 directions and gap against a fixed true set, noise floors from 10 independent true sets).
 It also reports the exact PF-ODE map of the same noise (scipy DOP853, rtol 1e-9, integrated in log sigma
 down to sigma = 1e-4 with the exact mixture score): what any deterministic sampler converges to, so
-`dgap` = gap - gap(exact map) is a sampler's own error, free of the noise of the true set.
+`dgap` = gap - gap(exact map) is a sampler's own error, free of the noise of the true set, and `mode_swap` the
+fraction of samples that chose another mode than the exact map's (which the log-density cannot see).
 
 Run:  python benchmarks/samplers_lowdim_validation.py [--seeds 0-19] [--n 4000] [--nfe 10,20] [--tag NAME]
       python benchmarks/samplers_lowdim_validation.py --report [--tag NAME]
@@ -97,6 +98,19 @@ def exact_map(gm: GaussianMixture, noise: torch.Tensor, sigma_end: float = 1e-4,
 DIFFLAB = {"unipc (default)": ("unipc", {})}
 
 
+def to_map(gm, judge, x, ref) -> dict:
+    """How far samples x are from the exact map's samples ref of the same noise: rms distance, SW2 between the
+    two sets (the judge's directions) and mode_swap, the fraction of samples whose most likely mixture component
+    differs from ref's (a sample that chose another mode; the mean log-density cannot see it)."""
+    x, ref = x.double(), ref.double()
+    if not bool(torch.isfinite(x).all()):
+        return {"rms_to_map": float("nan"), "sw2_to_map": float("nan"), "mode_swap": float("nan")}
+    swap = (gm.component_log_probs(x).argmax(1) != gm.component_log_probs(ref).argmax(1)).double().mean()
+    p, q = (np.sort(v.numpy() @ judge.dirs.T, 0) for v in (x, ref))
+    return {"rms_to_map": float((x - ref).pow(2).sum(1).mean().sqrt()),
+            "sw2_to_map": float(np.sqrt(((p - q) ** 2).mean())), "mode_swap": float(swap)}
+
+
 def run_one(gm, desc, name, n, nfes, difflab_labels=DIFFLAB):
     fast = B.FastExactMixture(gm)
     judge = B.Judge(gm, n)
@@ -113,8 +127,7 @@ def run_one(gm, desc, name, n, nfes, difflab_labels=DIFFLAB):
             x = difflab.sample(den, noise, sampler, nfe=nfe, generator=torch.Generator().manual_seed(0), **opts)
             sw, gap = judge(x)
             res["rows"].append({"lib": "difflab", "method": label, "nfe_target": nfe, "nfe": den.nfe, "sw2": sw,
-                                "gap": gap, "dgap": gap - gap_ref,
-                                "rms_to_map": float((x.double() - ref).pow(2).sum(1).mean().sqrt())})
+                                "gap": gap, "dgap": gap - gap_ref, **to_map(gm, judge, x, ref)})
         for label, (cls, extra) in B.diffusers_schedulers().items():
             steps = B.steps_for(cls, extra, nfe)
             if steps is None:
@@ -124,8 +137,7 @@ def run_one(gm, desc, name, n, nfes, difflab_labels=DIFFLAB):
                 x, calls = B.run_diffusers(cls, extra, fast, noise, steps)
             sw, gap = judge(x)
             res["rows"].append({"lib": "diffusers", "method": label, "nfe_target": nfe, "nfe": calls, "sw2": sw,
-                                "gap": gap, "dgap": gap - gap_ref,
-                                "rms_to_map": float((x.double() - ref).pow(2).sum(1).mean().sqrt())})
+                                "gap": gap, "dgap": gap - gap_ref, **to_map(gm, judge, x, ref)})
     res["seconds"] = round(time.time() - t0, 1)
     return res
 
@@ -179,11 +191,18 @@ def summary(allres, nfe, method="unipc (default)"):
     n_sw = sum(x[1]["sw2"] < x[2]["sw2"] for x in v)
     n_gap = sum(abs(x[1]["gap"]) < abs(x[3]["gap"]) for x in v)
     n_map = sum(map_passes(r, nfe) for r in allres)
-    return (f"PASS on {sum(x[0] for x in v)} of {len(v)} mixtures (SW2 below every diffusers scheduler on "
+    line = (f"PASS on {sum(x[0] for x in v)} of {len(v)} mixtures (SW2 below every diffusers scheduler on "
             f"{n_sw}, |gap| on {n_gap}; the exact PF-ODE map itself passes on {n_map}); "
             f"difflab |dgap| median {np.median(d):.3f}, mean {d.mean():.3f}, max {d.max():.3f} nat; closer to the "
             f"exact map than every diffusers scheduler on {int((d < df).sum())} (diffusers' closest: median "
             f"{np.median(df):.3f})")
+    if all("mode_swap" in x[1] for x in v):  # results from before the mode count was recorded lack it
+        sw = np.array([x[1]["mode_swap"] for x in v]) * 100
+        dsw = np.array([np.nanmin([x["mode_swap"] for x in r["rows"] if x["lib"] == "diffusers"
+                                   and x["nfe_target"] == nfe]) for r in allres]) * 100
+        line += (f"; samples in another mode than the exact map's: difflab mean {sw.mean():.2f} %, max "
+                 f"{sw.max():.1f} % (diffusers' fewest per mixture: mean {dsw.mean():.2f} %, max {dsw.max():.1f} %)")
+    return line
 
 
 def report(allres, md_path, nfes, method="unipc (default)", before=None,
@@ -195,7 +214,8 @@ def report(allres, md_path, nfes, method="unipc (default)", before=None,
              "floor (mean SW2 / mean |gap| between independent true sets), the exact PF-ODE map of the same noise "
              "(what a deterministic sampler converges to), and at each NFE difflab's `unipc` with its defaults "
              "against diffusers' best SW2 and best |gap| (any scheduler). PASS: difflab beats every diffusers "
-             "scheduler on both. dgap: difflab's gap minus the exact map's (its own error).", ""]
+             "scheduler on both. dgap: difflab's gap minus the exact map's (its own error); [x %]: difflab's "
+             "samples whose most likely mode differs from the exact map's.", ""]
     for nfe in nfes:
         lines.append(f"- NFE {nfe}: {summary(allres, nfe, method)}.")
     if before is not None:
@@ -216,7 +236,8 @@ def report(allres, md_path, nfes, method="unipc (default)", before=None,
                  f"{r['exact_map']['sw2']:.4f} / {r['exact_map']['gap']:+.3f}"]
         for nfe in nfes:
             ok, o, bs, bg = verdict(r, nfe, method)
-            cells += [f"{o['sw2']:.4f} / {o['gap']:+.3f} ({o['dgap']:+.3f})", f"{bs['sw2']:.4f} {bs['method']}",
+            swap = f" [{100 * o['mode_swap']:.1f} %]" if "mode_swap" in o else ""
+            cells += [f"{o['sw2']:.4f} / {o['gap']:+.3f} ({o['dgap']:+.3f}){swap}", f"{bs['sw2']:.4f} {bs['method']}",
                       f"{bg['gap']:+.3f} {bg['method']}", "PASS" if ok else "FAIL"]
         lines.append("| " + " | ".join(cells) + " |")
     md_path.write_text("\n".join(lines) + "\n")

@@ -128,10 +128,15 @@ def _grid_karras(schedule, n, rho=7.0):
 # log-density error against the exact PF-ODE map on 40 random 2-D mixtures (2 .. 12 modes 0.3 .. 4 apart,
 # widths 0.02 .. 0.5), UniPC with its default "gauss" last step. 10 levels: the previous entry squeezed
 # towards sigma ~ 1 (log sigma -> 0.9 log sigma + log 1.25): mean |error| 0.062 nat (was 0.074);
-# 20 levels: sigma_max, 50, 20, then 5 .. 0.03 log-uniform, order 4: 0.013 (the band below: 0.016), with
-# Gaussian data of any scale 0.02 .. 12 within 0.033 nat (the band: 0.29 at scale 12); 14 levels: the
-# 20-level grid resampled, order 2 (order 4 below 15 levels is unstable on mixtures). Validated on other
-# mixtures: benchmarks/results/samplers_lowdim_validation.md.
+# 20 and 14 levels (second pass, which also scores the samples' mode choice: the SW2 between UniPC's samples
+# and the exact map's, and the fraction of samples whose most likely mode differs from the exact map's; the
+# mean log-density cannot see a sample that lands in another mode): 20 levels: sigma_max, 45, 18, 8, then
+# 4.2 .. 0.033 log-uniform, order 4: mean |error| 0.014 nat, SW2 to the map mean 0.017 / max 0.26, at most
+# 0.7 % of a mixture's samples in another mode (the first pass's sigma_max, 50, 20, 5 .. 0.03: 0.013 nat, but
+# 0.037 / 0.53 and up to 7.9 % where the layout spans std 3 .. 9, from its one step from sigma 20 to 5); Gaussian data
+# of any scale 0.02 .. 12 within 0.006 nat (was 0.033). 14 levels: sigma_max, 40, 14, 6, then 3 .. 0.04,
+# order 2 (order 4 below 15 levels is unstable on mixtures): 0.061 nat, SW2 0.041 / 0.56, at most 3.1 % (the
+# first pass: 0.064, 0.065 / 0.87). Validated on other mixtures: benchmarks/results/samplers_lowdim_validation.md.
 # n below a table's largest entry: log-sigma interpolated over the nearest larger entry (as Align Your
 # Steps does), with that entry's order. n above it (high: 11 levels and more; low: 21 and more): sigma_max,
 # then n - 1 levels log-uniform in the band sigma `_band_top(n)` .. 0.02 (`_BAND`) for UniPC of order 4.
@@ -159,9 +164,9 @@ _TUNED: dict[str, dict[int, tuple[int, list[float]]]] = {  # "high"/"low" -> n -
     },
     "low": {  # benchmarks/samplers_grid_tuning_lowdim.py (issue 5): chosen on 40 random 2-D mixtures
         10: _SPREAD_10,
-        14: (2, [50.0, 10.0, 3.632, 2.248, 1.392, 0.8615, 0.5332, 0.3301, 0.2043, 0.1265, 0.07829, 0.04846, 0.03]),
-        20: (4, [50.0, 20.0, 5.0, 3.632, 2.638, 1.916, 1.392, 1.011, 0.7341, 0.5332, 0.3873, 0.2813, 0.2043,
-                 0.1484, 0.1078, 0.07829, 0.05687, 0.0413, 0.03]),
+        14: (2, [40.0, 14.0, 6.0, 3.0, 1.857, 1.149, 0.7114, 0.4403, 0.2725, 0.1687, 0.1044, 0.06462, 0.04]),
+        20: (4, [45.0, 18.0, 8.0, 4.2, 3.04, 2.201, 1.593, 1.153, 0.835, 0.6044, 0.4376, 0.3168, 0.2293, 0.166,
+                 0.1202, 0.08699, 0.06297, 0.04559, 0.033]),
     },
 }
 _LOW_DIM = 8
