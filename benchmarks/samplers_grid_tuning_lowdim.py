@@ -31,7 +31,7 @@ chosen instead:
 The 10-level entry stays: grids with more levels above sigma 3 lowered its SW2 to the map a little (0.064 ->
 0.060) for a larger log-density error (0.063 -> 0.070); 10 calls cannot resolve both a wide layout and fine modes.
 
-Run:  python benchmarks/samplers_grid_tuning_lowdim.py [--n 1500] [--seeds 1000-1039]   (~20 min, one core)
+Run:  python benchmarks/samplers_grid_tuning_lowdim.py [--n 1500] [--seeds 1000-1039]   (~3 min, one core)
 Writes benchmarks/results/samplers_grid_tuning_lowdim.json and .md.
 """
 from __future__ import annotations
