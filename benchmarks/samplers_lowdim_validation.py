@@ -197,11 +197,12 @@ def summary(allres, nfe, method="unipc (default)"):
             f"exact map than every diffusers scheduler on {int((d < df).sum())} (diffusers' closest: median "
             f"{np.median(df):.3f})")
     if all("mode_swap" in x[1] for x in v):  # results from before the mode count was recorded lack it
-        sw = np.array([x[1]["mode_swap"] for x in v]) * 100
-        dsw = np.array([np.nanmin([x["mode_swap"] for x in r["rows"] if x["lib"] == "diffusers"
+        swap = np.array([x[1]["mode_swap"] for x in v]) * 100
+        d_swap = np.array([np.nanmin([x["mode_swap"] for x in r["rows"] if x["lib"] == "diffusers"
                                    and x["nfe_target"] == nfe]) for r in allres]) * 100
-        line += (f"; samples in another mode than the exact map's: difflab mean {sw.mean():.2f} %, max "
-                 f"{sw.max():.1f} % (diffusers' fewest per mixture: mean {dsw.mean():.2f} %, max {dsw.max():.1f} %)")
+        line += (f"; samples in another mode than the exact map's: difflab mean {swap.mean():.2f} %, max "
+                 f"{swap.max():.1f} % (diffusers' fewest per mixture: mean {d_swap.mean():.2f} %, max "
+                 f"{d_swap.max():.1f} %)")
     return line
 
 
