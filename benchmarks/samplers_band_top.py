@@ -32,8 +32,6 @@ import samplers_highdim_validation as H  # noqa: E402
 import samplers_lowdim_validation as V  # noqa: E402
 import samplers_vs_diffusers as B  # noqa: E402
 
-import difflab  # noqa: E402
-
 RESULTS = HERE / "results"
 TOPS = (10, 15, 20, 30)
 LEVELS_HD = (12, 15, 20, 30, 50)
@@ -41,22 +39,15 @@ LEVELS_2D = (30, 50)
 
 
 class Family:
-    """Mixtures with the exact map's mean log-density of one shared noise draw."""
+    """Mixtures, each with one shared noise draw and the exact map of it (`samplers_grid_tuning_lowdim.Problem`)."""
 
     def __init__(self, name, gms, n):
-        self.name, self.probs = name, []
-        for gm in gms:
-            noise = torch.randn(n, gm.dim, generator=torch.Generator().manual_seed(1))
-            ref = V.exact_map(gm, noise)
-            self.probs.append((gm, B.FastExactMixture(gm), noise, gm.log_prob(ref).mean().item()))
+        self.name = name
+        self.probs = [TL.Problem(gm, torch.randn(n, gm.dim, generator=torch.Generator().manual_seed(1))) for gm in gms]
 
     def errors(self, sig):
-        ab = torch.tensor(1 / (1 + np.asarray(sig) ** 2))
-        out = []
-        for gm, fast, noise, ref_lp in self.probs:
-            x = difflab.sample(fast.denoiser(), noise, "unipc", grid=ab, order=4)
-            out.append(gm.log_prob(x.double()).mean().item() - ref_lp)
-        return np.array(out)
+        """Per mixture: mean log q of UniPC (order 4) on the grid `sig` minus that of the exact map (nat)."""
+        return np.array([p.error(sig, 4)[0] for p in self.probs])
 
 
 def main():
@@ -75,7 +66,7 @@ def main():
     for levels in sorted(set(LEVELS_HD) | set(LEVELS_2D)):
         for hi in TOPS:
             sig = TL.band(levels, hi, 0.02)
-            gauss = float(np.abs(np.array(TL.gaussian_gaps(sig, 4))[sel.numpy()]).max() * 32)  # 64-D: D/2 x
+            gauss = float(np.abs(np.array(TL.gaussian_gaps(sig, 4, dim=64))[sel.numpy()]).max())
             for fam in fams:
                 if levels not in (LEVELS_2D if fam.name == "random 2-D" else LEVELS_HD):
                     continue

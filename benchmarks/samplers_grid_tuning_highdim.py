@@ -21,16 +21,15 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
+import samplers_grid_tuning_lowdim as TL  # noqa: E402
 import samplers_highdim_validation as H  # noqa: E402
 import samplers_lowdim_validation as V  # noqa: E402
 import samplers_vs_diffusers as B  # noqa: E402
 
-import difflab  # noqa: E402
 from difflab import samplers as S  # noqa: E402
 
 AB_T = float(B.SCHED.alpha_bars[-1])
@@ -41,7 +40,7 @@ GAUSSIAN_TUNED_10 = [29.02, 10.33, 2.496, 0.7713, 0.2658, 0.1082, 0.04741, 0.026
 
 
 def band(hi, lo, n=10):
-    return [S_MAX, *np.exp(np.linspace(math.log(hi), math.log(lo), n - 1)).tolist()]
+    return TL.band(n, hi, lo).tolist()
 
 
 def candidates() -> dict[str, list[float]]:
@@ -51,19 +50,9 @@ def candidates() -> dict[str, list[float]]:
             "band 8 .. 0.04": band(8, 0.04), "band 16 .. 0.02": band(16, 0.02)}
 
 
-def _ab(sig):
-    return torch.tensor(1 / (1 + np.asarray(sig) ** 2), dtype=torch.float64)
-
-
-def gaussian_gaps(sig, dim=64):
-    """64-D gap of N(0, s^2 I) per scale s: the sampler is linear there, -dim/2 (variance ratio - 1)."""
-    x_t = (AB_T * SCALES ** 2 + 1 - AB_T).sqrt().reshape(1, -1)
-
-    def fn(x, a):
-        a = a.reshape(-1, 1)
-        return (1 - a).sqrt() * x / (a * SCALES ** 2 + 1 - a)
-    out = S.sample(difflab.Denoiser.from_eps(fn, B.SCHED), torch.cat([x_t, 0.5 * x_t]), "unipc", grid=_ab(sig), order=2)
-    return (-(dim / 2) * ((out[0] / SCALES) ** 2 - 1)).tolist()
+def gaussian_gaps(sig):
+    """64-D gap of N(0, s^2 I) per scale s (UniPC order 2): the sampler is linear there."""
+    return TL.gaussian_gaps(sig, 2, scales=SCALES, dim=64)
 
 
 def main():
@@ -74,7 +63,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(1)
     cands = candidates()
-    labels = {k: ("unipc", {"grid": _ab(v), "order": 2}) for k, v in cands.items()}
+    labels = {k: ("unipc", {"grid": TL.ab_of_sigmas(v), "order": 2}) for k, v in cands.items()}
     sets = {}
     for set_name, seeds in (("training", a.train), ("held-out", a.heldout)):
         mixes = [(f"seed {s}", *H.random_mixture_hd(s)) for s in V.parse_seeds(seeds)]

@@ -105,32 +105,44 @@ def candidates():
     return out
 
 
-def gaussian_gaps(sig, order):
-    """2-D gap of N(0, s^2 I) per scale s (the sampler is linear there: two rows fix the 'gauss' step's fit)."""
-    ab = torch.tensor(1 / (1 + np.asarray(sig) ** 2))
-    x_t = (AB_T * SCALES ** 2 + 1 - AB_T).sqrt().reshape(1, -1)
+def ab_of_sigmas(sig) -> torch.Tensor:
+    """The alpha_bars (float64) of VE sigmas, sigma_max first: an explicit grid for `difflab.sample(grid=...)`."""
+    return torch.tensor(1 / (1 + np.asarray(sig, dtype=np.float64) ** 2), dtype=torch.float64)
+
+
+def gaussian_gaps(sig, order, scales=SCALES, dim=2):
+    """Gap of N(0, s^2 I) in `dim` dimensions per scale s, -dim/2 (variance ratio - 1): the sampler is linear
+    there, so one coordinate per scale tells (two rows fix the 'gauss' step's fit)."""
+    x_t = (AB_T * scales ** 2 + 1 - AB_T).sqrt().reshape(1, -1)
 
     def fn(x, a):
         a = a.reshape(-1, 1)
-        return (1 - a).sqrt() * x / (a * SCALES ** 2 + 1 - a)
-    out = S.sample(difflab.Denoiser.from_eps(fn, SCHED), torch.cat([x_t, 0.5 * x_t]), "unipc", grid=ab, order=order)
-    return (1 - (out[0] / SCALES) ** 2).tolist()
+        return (1 - a).sqrt() * x / (a * scales ** 2 + 1 - a)
+    out = S.sample(difflab.Denoiser.from_eps(fn, SCHED), torch.cat([x_t, 0.5 * x_t]), "unipc", grid=ab_of_sigmas(sig),
+                   order=order)
+    return (-(dim / 2) * ((out[0] / scales) ** 2 - 1)).tolist()
 
 
 class Problem:
-    def __init__(self, seed, n):
-        self.gm, self.desc = V.random_mixture(seed)
-        self.fast = B.FastExactMixture(self.gm)
-        self.noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(77 + seed))
-        self.ref = V.exact_map(self.gm, self.noise)
-        self.ref_lp = self.gm.log_prob(self.ref).mean().item()
-        self.judge = B.Judge(self.gm, 10, n_floor=1)  # only its projection directions are used
-        self.wide = float(self.gm.sample(4000, torch.Generator().manual_seed(0)).std(0).max()) > 4
+    """A mixture, a noise draw and the exact PF-ODE map of that noise; `error` scores UniPC on a grid against it.
+    The 2-D training mixtures: `Problem.from_seed`."""
+
+    def __init__(self, gm, noise, desc=""):
+        self.gm, self.desc, self.noise = gm, desc, noise
+        self.fast = B.FastExactMixture(gm)
+        self.ref = V.exact_map(gm, noise)
+        self.ref_lp = gm.log_prob(self.ref).mean().item()
+        self.judge = B.Judge(gm, 10, n_floor=1)  # only its projection directions are used
+        self.wide = float(gm.sample(4000, torch.Generator().manual_seed(0)).std(0).max()) > 4
+
+    @classmethod
+    def from_seed(cls, seed, n):
+        gm, desc = V.random_mixture(seed)
+        return cls(gm, torch.randn(n, 2, generator=torch.Generator().manual_seed(77 + seed)), desc)
 
     def error(self, sig, order):
         """(log-density error, SW2 to the exact map's samples, fraction of samples in another mode)."""
-        ab = torch.tensor(1 / (1 + np.asarray(sig) ** 2))
-        x = difflab.sample(self.fast.denoiser(), self.noise, "unipc", grid=ab, order=order)
+        x = difflab.sample(self.fast.denoiser(), self.noise, "unipc", grid=ab_of_sigmas(sig), order=order)
         m = V.to_map(self.gm, self.judge, x, self.ref)
         return self.gm.log_prob(x.double()).mean().item() - self.ref_lp, m["sw2_to_map"], m["mode_swap"]
 
@@ -142,7 +154,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
-    probs = [Problem(s, a.n) for s in V.parse_seeds(a.seeds)]
+    probs = [Problem.from_seed(s, a.n) for s in V.parse_seeds(a.seeds)]
     print(f"{len(probs)} training mixtures ({sum(p.wide for p in probs)} wider than std 4), "
           f"{time.time() - t0:.0f}s", flush=True)
     rows = []

@@ -531,12 +531,13 @@ def write_report(res: dict):
                 L.append(f"| {row['task']} | {row['config']} | {row['lib']} | {row['batch']} | {row['steps']} | "
                          f"error: {row['error']} | | |")
                 continue
-            extra = f"N = {row['n']}" if row["task"] == "generate" else ""
-            extra += " ".join(f"{k}={v}" for k, v in row.get("net_extra", {}).items())
+            parts = [f"N = {row['n']}"] if row["task"] == "generate" else []
+            parts += [f"{k}={v}" for k, v in row.get("net_extra", {}).items()]
             if "lean_training" in row:
-                extra += f"lean_training={row['lean_training']}"
+                parts.append(f"lean_training={row['lean_training']}")
             if "cuda_peak_mb" in row:
-                extra += f" CUDA peak {row['cuda_peak_mb']:.0f} MiB"
+                parts.append(f"CUDA peak {row['cuda_peak_mb']:.0f} MiB")
+            extra = " ".join(parts)  # (the pieces used to be glued without a space when two came together)
             L.append(f"| {row['task']} | {row['config']} | {row['lib']} | {row['batch']} | {row['steps']} | "
                      f"{row['peak_mb']:.0f} | {row['baseline_mb']:.0f} | {extra} |")
     g = res.get("growth", {})

@@ -133,10 +133,11 @@ def _grid_karras(schedule, n, rho=7.0):
 # mean log-density cannot see a sample that lands in another mode): 20 levels: sigma_max, 45, 18, 8, then
 # 4.2 .. 0.033 log-uniform, order 4: mean |error| 0.014 nat, SW2 to the map mean 0.017 / max 0.26, at most
 # 0.7 % of a mixture's samples in another mode (the first pass's sigma_max, 50, 20, 5 .. 0.03: 0.013 nat, but
-# 0.037 / 0.53 and up to 7.9 % where the layout spans std 3 .. 9, from its one step from sigma 20 to 5); Gaussian data
-# of any scale 0.02 .. 12 within 0.006 nat (was 0.033). 14 levels: sigma_max, 40, 14, 6, then 3 .. 0.04,
-# order 2 (order 4 below 15 levels is unstable on mixtures): 0.061 nat, SW2 0.041 / 0.56, at most 3.1 % (the
-# first pass: 0.064, 0.065 / 0.87). Validated on other mixtures: benchmarks/results/samplers_lowdim_validation.md.
+# 0.037 / 0.53 and up to 7.9 % where the layout spans std 3 .. 9, from its one step from sigma 20 to 5);
+# Gaussian data of any scale 0.02 .. 12 within 0.006 nat (was 0.033). 14 levels: sigma_max, 40, 14, 6, then
+# 3 .. 0.04, order 2 (order 4 below 15 levels is unstable on mixtures): 0.061 nat, SW2 0.041 / 0.56, at most
+# 3.1 % (the first pass: 0.064, 0.065 / 0.87). Validated on other mixtures:
+# benchmarks/results/samplers_lowdim_validation.md.
 # n below a table's largest entry: log-sigma interpolated over the nearest larger entry (as Align Your
 # Steps does), with that entry's order. n above it (high: 11 levels and more; low: 21 and more): sigma_max,
 # then n - 1 levels log-uniform in the band sigma `_band_top(n)` .. 0.02 (`_BAND`) for UniPC of order 4.
@@ -145,13 +146,13 @@ def _grid_karras(schedule, n, rho=7.0):
 # 0.26, 0.18, 0.07, 0.04, 0.02 nat where the interpolated high table was 0.81, 0.84, 0.84, 0.56, 0.24 off; at
 # <= 10 levels the table wins (10: 0.52 vs 1.6). Levels are clipped to the schedule's range.
 # "high" at 10 levels (issue 5, benchmarks/samplers_grid_tuning_highdim.py, which keeps the old entry): the
-# Gaussian-tuned entry was within 0.03 nat on Gaussian
-# data but left the mixture transition between sigma 10 and 0.77 to two steps: on 64 random 64-D mixtures
-# (benchmarks/samplers_highdim_validation.py) it was up to 9 nat over-concentrated and beat every diffusers
-# scheduler on 25 of 40 training / 17 of 24 held-out mixtures. The "low" 10-level entry, evenly spread over
-# sigma 16 .. 0.05 (`_SPREAD_10`), beats them on 33 / 22 (the exact PF-ODE map itself: 34 / 23), mean |error| 1.8 -> 1.0
-# and 1.6 -> 0.8 nat; its cost is on single Gaussians of scale 0.2 .. 3 (0.5 .. 1.4 nat off, where diffusers'
-# best is 2.4 .. 4.7 off up to scale 1). At 5 .. 9 levels the Gaussian-tuned entries keep the lower median.
+# Gaussian-tuned entry was within 0.03 nat on Gaussian data but left the mixture transition between sigma 10
+# and 0.77 to two steps: on 64 random 64-D mixtures (benchmarks/samplers_highdim_validation.py) it was up to
+# 9 nat over-concentrated and beat every diffusers scheduler on 25 of 40 training / 17 of 24 held-out mixtures.
+# The "low" 10-level entry, evenly spread over sigma 16 .. 0.05 (`_SPREAD_10`), beats them on 33 / 22 (the
+# exact PF-ODE map itself: 34 / 23), mean |error| 1.8 -> 1.0 and 1.6 -> 0.8 nat; its cost is on single
+# Gaussians of scale 0.2 .. 3 (0.5 .. 1.4 nat off, where diffusers' best is 2.4 .. 4.7 off up to scale 1).
+# At 5 .. 9 levels the Gaussian-tuned entries keep the lower median.
 _SPREAD_10 = (2, [16.04, 6.205, 2.606, 1.425, 0.7519, 0.356, 0.1965, 0.09294, 0.04779])  # both tables
 _TUNED: dict[str, dict[int, tuple[int, list[float]]]] = {  # "high"/"low" -> n -> (order, sigma_1..)
     "high": {
