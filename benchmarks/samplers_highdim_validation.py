@@ -22,7 +22,8 @@ by the same generator the 10-level grid was chosen on.
 Run:  python benchmarks/samplers_highdim_validation.py [--seeds 0-7] [--dim 64] [--n 2000] [--nfe 10,20]
       python benchmarks/samplers_highdim_validation.py --family digits --seeds 0-23 --n 4000
       python benchmarks/samplers_highdim_validation.py [--family digits] --report
-Writes benchmarks/results/samplers_highdim_validation[_digits].json and .md.
+Writes benchmarks/results/samplers_highdim_validation[_digits].json and .md (`--dim D` other than 64:
+samplers_highdim_validation_<D>d.json and .md).
 """
 from __future__ import annotations
 
@@ -101,7 +102,8 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(1)
     digits = a.family == "digits"
-    js = RESULTS / f"samplers_highdim_validation{'_digits' if digits else ''}.json"
+    suffix = "_digits" if digits else ("" if a.dim == 64 else f"_{a.dim}d")
+    js = RESULTS / f"samplers_highdim_validation{suffix}.json"
     nfes = [int(v) for v in a.nfe.split(",")]
     if not a.report:
         mixes = [(f"seed {s}", *(digits_mixture(s) if digits else random_mixture_hd(s, a.dim)))
