@@ -152,7 +152,10 @@ def log_prob(denoiser: Denoiser, x: torch.Tensor, method: str = "ode", trace: st
     correct_start: how the noise left at the smallest level is removed (`start_correction`): True ("gauss"
     with the exact trace, "taylor" with Hutchinson's), "gauss" (D more backward passes), "taylor" or False.
     correct_end: log p at t_max (`end_log_density`): True ("gauss" with the exact trace, "shift" with
-    Hutchinson's), "gauss", "shift" or False (the plain prior N(0, std_T^2 I)). With return_info a dict
+    Hutchinson's), "gauss", "shift" or False (the plain prior N(0, std_T^2 I): the density of samples that
+    start from that prior, the standard definition, which `difflab eval --metrics ode-nll` reports; True
+    estimates the density the score field describes, closer to the data's when the score is exact, e.g.
+    for data whose mean is not small against std_T). With return_info a dict
     (nfe, prior term, integral, start correction) comes back too."""
     from scipy.integrate import solve_ivp
 
