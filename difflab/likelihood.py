@@ -76,6 +76,16 @@ def jacobian(fn, z: torch.Tensor):
     return out.detach(), jac.detach()
 
 
+def _quad_logdet(mat: torch.Tensor, u: torch.Tensor):
+    """For symmetric mat (N, D, D) and u (N, D): (ok, u^T mat^-1 u, log det mat), each (N,), by Cholesky;
+    ok is False where mat is not positive definite (its two values are then meaningless)."""
+    chol, info = torch.linalg.cholesky_ex(mat)
+    ok = info == 0
+    chol = torch.where(ok[:, None, None], chol, torch.eye(mat.shape[-1], dtype=mat.dtype))
+    w = torch.cholesky_solve(u.unsqueeze(-1), chol).squeeze(-1)
+    return ok, (u * w).sum(1), 2 * chol.diagonal(dim1=1, dim2=2).log().sum(1)
+
+
 def start_correction(score: torch.Tensor, s2: float, div: torch.Tensor | None = None,
                      jac: torch.Tensor | None = None) -> torch.Tensor:
     """log p_0(x) - log p_{t_min}(z_min) - D log m(t_min), (N,) float64: the noise of variance s2 = s(t_min)^2
@@ -96,14 +106,8 @@ def start_correction(score: torch.Tensor, s2: float, div: torch.Tensor | None = 
     if jac is None:
         return taylor
     eye = torch.eye(u.shape[1], dtype=torch.float64)
-    m = eye + 0.5 * s2 * (jac + jac.transpose(1, 2))
-    chol, info = torch.linalg.cholesky_ex(m)
-    ok = info == 0
-    chol = torch.where(ok[:, None, None], chol, eye)
-    w = torch.cholesky_solve(u.unsqueeze(-1), chol).squeeze(-1)
-    logdet = 2 * chol.diagonal(dim1=1, dim2=2).log().sum(1)
-    gauss = -0.5 * s2 * (u * w).sum(1) - 0.5 * logdet
-    return torch.where(ok, gauss, taylor)
+    ok, quad, logdet = _quad_logdet(eye + 0.5 * s2 * (jac + jac.transpose(1, 2)), u)
+    return torch.where(ok, -0.5 * s2 * quad - 0.5 * logdet, taylor)
 
 
 def end_log_density(score: torch.Tensor, var: float, jac: torch.Tensor | None = None) -> torch.Tensor:
@@ -121,13 +125,8 @@ def end_log_density(score: torch.Tensor, var: float, jac: torch.Tensor | None = 
     shift = -0.5 * var * u.pow(2).sum(1) - 0.5 * d * math.log(2 * math.pi * var)
     if jac is None:
         return shift
-    eye = torch.eye(d, dtype=torch.float64)
-    chol, info = torch.linalg.cholesky_ex(-0.5 * (jac + jac.transpose(1, 2)))
-    ok = info == 0
-    chol = torch.where(ok[:, None, None], chol, eye)
-    w = torch.cholesky_solve(u.unsqueeze(-1), chol).squeeze(-1)
-    gauss = -0.5 * (u * w).sum(1) + chol.diagonal(dim1=1, dim2=2).log().sum(1) - 0.5 * d * math.log(2 * math.pi)
-    return torch.where(ok, gauss, shift)
+    ok, quad, logdet = _quad_logdet(-0.5 * (jac + jac.transpose(1, 2)), u)
+    return torch.where(ok, -0.5 * quad + 0.5 * logdet - 0.5 * d * math.log(2 * math.pi), shift)
 
 
 def _probes(shape, n_probes, kind, generator, dtype):
