@@ -1,4 +1,5 @@
-"""High-dimensional check of the default samplers against diffusers' schedulers on random 64-D mixtures.
+"""High-dimensional check of the default samplers against diffusers' schedulers on random mixtures (64-D
+by default, any dimension with --dim).
 
 benchmarks/samplers_vs_diffusers.py judges two 64-D mixtures of its own; the "high" tuned grid of difflab's
 UniPC was chosen on Gaussian scales and 1-D two-mode problems, never on a 64-D mixture. This script draws

@@ -118,7 +118,8 @@ def _correlated_gaussian(narrow=0.012):
 
 def test_gauss_start_correction_is_exact_for_a_correlated_gaussian():
     """start_correction with the score and Jacobian of N(mu, S + s2 I) gives log N(x; mu, S) - log N(x; mu,
-    S + s2 I) exactly (scipy's densities are the oracle); the first-order form is visibly off."""
+    S + s2 I) exactly (scipy's densities are the oracle; measured 8e-14); the first-order form is visibly off
+    (0.39 nat)."""
     from scipy.stats import multivariate_normal
 
     from difflab.likelihood import start_correction
@@ -139,7 +140,8 @@ def test_gauss_start_correction_is_exact_for_a_correlated_gaussian():
 
 def test_log_density_of_modes_barely_wider_than_the_smallest_noise_level():
     """Six modes of width 0.02 (the linear schedule stops at sigma 0.01): the PF-ODE log-density stays within
-    0.02 nat/dim of the true one with the default ("gauss") start; the first-order start does not."""
+    0.02 nat/dim of the true one with the default ("gauss") start (measured 0.0002); the first-order start
+    does not (0.035)."""
     angles = torch.arange(6, dtype=torch.float64) * math.pi / 3
     gm = GaussianMixture(torch.ones(6, dtype=torch.float64), torch.stack([angles.cos(), angles.sin()], 1),
                          torch.full((6, 2), 0.02, dtype=torch.float64))
@@ -153,7 +155,8 @@ def test_log_density_of_modes_barely_wider_than_the_smallest_noise_level():
 
 def test_correlated_gaussian_from_eps_log_density():
     """An outside eps for a correlated Gaussian (closed form) through the whole ODE: within 0.005 nat/dim of
-    scipy's log density, also for points off the narrow axis."""
+    scipy's log density, also for points off the narrow axis (measured 3e-5; the first-order start with the
+    plain prior: 0.44)."""
     from scipy.stats import multivariate_normal
     mu, cov = _correlated_gaussian()
 
@@ -176,7 +179,7 @@ def test_start_correction_choice_is_checked():
 
 def test_end_log_density_is_exact_for_a_gaussian_marginal():
     """end_log_density from the score (and Jacobian) of N(c, S) at z gives scipy's log N(z; c, S); the
-    score-only form is exact when S is isotropic at the prior's variance, and off when it is not."""
+    score-only form is exact when S is isotropic at the prior's variance, and off when it is not (33 nat here)."""
     from scipy.stats import multivariate_normal
 
     from difflab.likelihood import end_log_density
@@ -195,7 +198,9 @@ def test_end_log_density_is_exact_for_a_gaussian_marginal():
 
 def test_log_density_of_data_far_from_the_origin():
     """Modes around (5, -4): the plain N(0, I) prior at t_max charges each point ~ sqrt(ab_T) mu . z_T; the
-    default end (the local Gaussian from the score there) does not: within 0.005 nat/dim of the true density."""
+    default end (the local Gaussian from the score there) does not: within 0.005 nat/dim of the true density.
+    Measured: 2e-5 nat/dim (plain prior 0.046); the charge removed is up to 0.091 nat, and Hutchinson's
+    score-only end removes it to within 1.3e-4."""
     means = torch.tensor([[5.0, -4.0], [5.8, -3.5], [4.4, -4.6]], dtype=torch.float64)
     gm = GaussianMixture(torch.tensor([0.5, 0.3, 0.2]), means, torch.full((3, 2), 0.2, dtype=torch.float64))
     x = gm.sample(12, torch.Generator().manual_seed(5))
