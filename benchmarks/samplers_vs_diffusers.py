@@ -371,15 +371,16 @@ NOTES = """## Reading the 2-D rows (measured in this run, n = 8000)
 In 2-D the judged comparison is at the noise level. The exact PF-ODE map of the same noise (adaptive RK45)
 scores SW2 0.0871, gap +0.007; the SW2 of independent true sets has sd 0.025. Issue 5 changed UniPC's
 defaults in low dimension (a new "low" grid table and the "gauss" last step; before: SW2 0.0928 / gap -0.081
-at NFE 10, 0.0870 / -0.009 at NFE 20). At NFE 10 UniPC has the lowest SW2 of all (0.0881; diffusers' best
-0.1114) but gap -0.078, 0.085 nat from the exact map: 10 calls do not resolve 8 modes of width 0.25 exactly.
-Diffusers DDIM (+0.021) and Euler a (-0.022) reach a smaller |gap| by cancellation: their SW2 (0.163, 0.287)
-and the per-scale variance check (DDIM at 10 steps keeps 30% of the variance of a std-0.25 Gaussian) show
-they are far from the distribution. At NFE 20 UniPC sits on the exact map (SW2 0.08701 vs 0.0871, gap -0.004
-vs +0.007), as does LMS (0.08695, +0.008): a tie far below the noise floor (sd of SW2 0.025, of the gap
-0.008), decided on SW2 by 6e-5. So the 2-D check stays FAIL at 10 and a coin toss at 20; on 21 other 2-D
-mixtures (benchmarks/results/samplers_lowdim_validation.md) UniPC's median distance to the exact map is
-0.046 nat at NFE 10 and 0.010 at NFE 20 (diffusers' closest scheduler per mixture: 0.20 and 0.033).
+at NFE 10, 0.0870 / -0.009 at NFE 20). At NFE 10 the evenly spread 10-level grid gave SW2 0.0881 but gap
+-0.078, 0.085 nat from the exact map; the grid optimised on 40 other 2-D mixtures (samplers_grid_tuning_lowdim.py
+--optimise) gives SW2 0.0974 and gap +0.004, 0.003 nat from the exact map: PASS. Diffusers DDIM (+0.021) and
+Euler a (-0.022) reach their small |gap| by cancellation: their SW2 (0.163, 0.287) and the per-scale variance
+check (DDIM at 10 steps keeps 30% of the variance of a std-0.25 Gaussian) show they are far from the
+distribution. At NFE 20 UniPC sits on the exact map (SW2 0.08701 vs 0.0871, gap -0.006 vs +0.007), as does
+LMS (0.08695, +0.008): a tie far below the noise floor (sd of SW2 0.025, of the gap 0.008), decided on SW2 by
+6e-5. So the 2-D check passes at 10 and is a coin toss at 20; on 21 other 2-D mixtures
+(benchmarks/results/samplers_lowdim_validation.md) UniPC's median distance to the exact map is 0.038 nat at
+NFE 10 and 0.013 at NFE 20 (diffusers' closest scheduler per mixture: 0.20 and 0.033).
 
 Ancestral sampling at T = 1000 with beta-tilde (difflab "small", and diffusers' DDPM default, identical
 here) is +0.9 / +1.3 nat over-concentrated in 64-D: the Gaussian kernel drops c0^2 Cov(x0 | x_t), which
