@@ -155,6 +155,16 @@ def _grid_karras(schedule, n, rho=7.0):
 # exact PF-ODE map itself: 34 / 23), mean |error| 1.8 -> 1.0 and 1.6 -> 0.8 nat; its cost is on single
 # Gaussians of scale 0.2 .. 3 (0.5 .. 1.4 nat off, where diffusers' best is 2.4 .. 4.7 off up to scale 1).
 # At 5 .. 9 levels the Gaussian-tuned entries keep the lower median.
+def _resample(sig: list[float], n: int) -> torch.Tensor:
+    """(n - 1,) float64 log-sigmas: the levels sig (a table entry's interior sigmas) resampled to n levels,
+    log-sigma interpolated linearly over the entry's positions (first and last level kept)."""
+    src = torch.tensor(sig, dtype=torch.float64).log()
+    pos = torch.linspace(0, len(src) - 1, n - 1, dtype=torch.float64)
+    lo = pos.floor().long().clamp(max=len(src) - 2)
+    w = pos - lo
+    return src[lo] * (1 - w) + src[lo + 1] * w
+
+
 _SPREAD_10 = (2, [16.04, 6.205, 2.606, 1.425, 0.7519, 0.356, 0.1965, 0.09294, 0.04779])  # "high"; "low" before
 _TUNED: dict[str, dict[int, tuple[int, list[float]]]] = {  # "high"/"low" -> n -> (order, sigma_1..)
     "high": {
@@ -166,7 +176,7 @@ _TUNED: dict[str, dict[int, tuple[int, list[float]]]] = {  # "high"/"low" -> n -
         10: _SPREAD_10,
     },
     "low": {  # benchmarks/samplers_grid_tuning_lowdim.py (issue 5): chosen on 40 random 2-D mixtures
-        8: (2, [16.04, 4.647, 1.743, 0.7519, 0.292, 0.1193, 0.04779]),  # _SPREAD_10 resampled: 5 .. 8 levels
+        8: (2, _resample(_SPREAD_10[1], 8).exp().tolist()),  # 5 .. 8 levels: _SPREAD_10 resampled
         10: (2, [13.86, 6.817, 2.866, 1.357, 0.7306, 0.4452, 0.179, 0.103, 0.0431]),  # optimised (--optimise)
         14: (2, [40.0, 14.0, 6.0, 3.0, 1.857, 1.149, 0.7114, 0.4403, 0.2725, 0.1687, 0.1044, 0.06462, 0.04]),
         20: (4, [45.0, 18.0, 8.0, 4.2, 3.04, 2.201, 1.593, 1.153, 0.835, 0.6044, 0.4376, 0.3168, 0.2293, 0.166,
@@ -205,11 +215,7 @@ def _tuned_entry(n, dim=None):
         return order, torch.tensor(sig, dtype=torch.float64).log()
     k = min(k for k in table if k > n)
     order, sig = table[k]
-    src = torch.tensor(sig, dtype=torch.float64).log()
-    pos = torch.linspace(0, len(src) - 1, n - 1, dtype=torch.float64)
-    lo = pos.floor().long().clamp(max=len(src) - 2)
-    w = pos - lo
-    return order, src[lo] * (1 - w) + src[lo + 1] * w
+    return order, _resample(sig, n)
 
 
 def _grid_tuned(schedule, n, dim=None):

@@ -252,8 +252,8 @@ def test_unipc_ten_calls_on_the_2d_ring_stay_near_the_exact_map():
     noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     lp = lambda x: gm.log_prob(x.double()).mean().item()  # noqa: E731
     exact = lp(difflab.sample(den, noise, "ode", rtol=1e-7, atol=1e-7))
-    sig = torch.tensor([math.sqrt((1 - AB[-1]) / AB[-1])] + samplers._SPREAD_10[1], dtype=torch.float64)
-    previous = lp(difflab.sample(den, noise, "unipc", grid=1 / (1 + sig ** 2), order=2)) - exact
+    sig = torch.tensor([samplers._sig(AB[-1])] + samplers._SPREAD_10[1], dtype=torch.float64)
+    previous = lp(difflab.sample(den, noise, "unipc", grid=samplers._ab_of_sigma(sig), order=2)) - exact
     now = lp(difflab.sample(den, noise, "unipc", nfe=10)) - exact
     assert abs(now) < 0.04 and previous < -0.07, (now, previous)
 
