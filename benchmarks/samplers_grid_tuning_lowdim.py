@@ -157,9 +157,10 @@ class Problem:
         return self.gm.log_prob(x.double()).mean().item() - self.ref_lp, m["sw2_to_map"], m["mode_swap"]
 
 
-def optimise(probs, start, order=2, weight=1.0, maxfev=400):
+def optimise(probs, start, order=2, weight=1.0, maxfev=400, penalty=None):
     """Nelder-Mead over the interior log-sigmas of a grid (sigma_max fixed): minimises mean |error| + weight *
-    mean SW2 to map over `probs`. start: the sigmas, sigma_max first. Returns the best sigmas found."""
+    mean SW2 to map over `probs` (+ penalty(sigmas) if given). start: the sigmas, sigma_max first. Returns the
+    best sigmas found."""
     from scipy.optimize import minimize
     x0 = np.log(np.asarray(start[1:], dtype=np.float64))
     best = [math.inf, x0]
@@ -169,7 +170,9 @@ def optimise(probs, start, order=2, weight=1.0, maxfev=400):
 
     def f(v):
         err, sw_map, _ = np.array([p.error(sig(v), order) for p in probs]).T
-        val = float(np.abs(err).mean() + weight * sw_map.mean())
+        val = float(np.abs(err).mean() + weight * sw_map.mean() + (penalty(sig(v)) if penalty else 0.0))
+        if not math.isfinite(val):  # a diverged sampler
+            val = math.inf
         if val < best[0]:
             best[0], best[1] = val, v.copy()
             print(f"  optimise: {val:.4f} (|error| {np.abs(err).mean():.4f}, SW2 to map {sw_map.mean():.4f})",
