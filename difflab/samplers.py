@@ -154,7 +154,9 @@ def _grid_karras(schedule, n, rho=7.0):
 # The 10-level entry "low" then had, evenly spread over sigma 16 .. 0.05 (`_SPREAD_10`), beats them on 33 / 22 (the
 # exact PF-ODE map itself: 34 / 23), mean |error| 1.8 -> 1.0 and 1.6 -> 0.8 nat; its cost is on single
 # Gaussians of scale 0.2 .. 3 (0.5 .. 1.4 nat off, where diffusers' best is 2.4 .. 4.7 off up to scale 1).
-# At 5 .. 9 levels the Gaussian-tuned entries keep the lower median.
+# At 5 .. 9 levels the Gaussian-tuned entries keep the lower median. Nelder-Mead over the nine levels on 80
+# random 64-D mixtures (benchmarks/samplers_grid_optimise_highdim.py) lowered the training error (1.02 -> 0.77
+# nat) but lost held-out mixtures (22 -> 20 of 24 beating diffusers; wide ones +2.2 -> +4.1 nat): not adopted.
 def _resample(sig: list[float], n: int) -> torch.Tensor:
     """(n - 1,) float64 log-sigmas: the levels sig (a table entry's interior sigmas) resampled to n levels,
     log-sigma interpolated linearly over the entry's positions (first and last level kept)."""
