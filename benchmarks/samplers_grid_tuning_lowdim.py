@@ -146,15 +146,28 @@ class Problem:
         self.wide = float(gm.sample(4000, torch.Generator().manual_seed(0)).std(0).max()) > 4
 
     @classmethod
-    def from_seed(cls, seed, n):
-        gm, desc = V.random_mixture(seed)
-        return cls(gm, torch.randn(n, 2, generator=torch.Generator().manual_seed(77 + seed)), desc)
+    def from_seed(cls, seed, n, family=V.random_mixture):
+        """family(seed) -> (mixture, description); the noise is seeded by the mixture's seed."""
+        gm, desc = family(seed)
+        return cls(gm, torch.randn(n, gm.dim, generator=torch.Generator().manual_seed(77 + seed)), desc)
+
 
     def error(self, sig, order):
         """(log-density error, SW2 to the exact map's samples, fraction of samples in another mode)."""
         x = difflab.sample(self.fast.denoiser(), self.noise, "unipc", grid=ab_of_sigmas(sig), order=order)
         m = V.to_map(self.gm, self.judge, x, self.ref)
         return self.gm.log_prob(x.double()).mean().item() - self.ref_lp, m["sw2_to_map"], m["mode_swap"]
+
+
+def score(probs, sig, order) -> dict:
+    """UniPC on grid sig over the problems: per-problem arrays (errors, sw2_to_map, mode_swap) and their
+    summaries (mean / median / max |error|, mean error, mean / max SW2 to map, mean / max other mode)."""
+    err, sw_map, swap = np.array([p.error(sig, order) for p in probs]).T
+    return {"mean_abs_err": float(np.abs(err).mean()), "median_abs_err": float(np.median(np.abs(err))),
+            "max_abs_err": float(np.abs(err).max()), "mean_err": float(err.mean()),
+            "mean_sw2_to_map": float(sw_map.mean()), "max_sw2_to_map": float(sw_map.max()),
+            "mean_mode_swap": float(swap.mean()), "max_mode_swap": float(swap.max()),
+            "errors": err.tolist(), "sw2_to_map": sw_map.tolist(), "mode_swap": swap.tolist()}
 
 
 def optimise(probs, start, order=2, weight=1.0, maxfev=400, penalty=None):
@@ -169,13 +182,13 @@ def optimise(probs, start, order=2, weight=1.0, maxfev=400, penalty=None):
         return np.r_[S_MAX, np.exp(np.sort(v)[::-1])]
 
     def f(v):
-        err, sw_map, _ = np.array([p.error(sig(v), order) for p in probs]).T
-        val = float(np.abs(err).mean() + weight * sw_map.mean() + (penalty(sig(v)) if penalty else 0.0))
+        sc = score(probs, sig(v), order)
+        val = sc["mean_abs_err"] + weight * sc["mean_sw2_to_map"] + (penalty(sig(v)) if penalty else 0.0)
         if not math.isfinite(val):  # a diverged sampler
             val = math.inf
         if val < best[0]:
             best[0], best[1] = val, v.copy()
-            print(f"  optimise: {val:.4f} (|error| {np.abs(err).mean():.4f}, SW2 to map {sw_map.mean():.4f})",
+            print(f"  optimise: {val:.4f} (|error| {sc['mean_abs_err']:.4f}, SW2 to map {sc['mean_sw2_to_map']:.4f})",
                   flush=True)
         return val
     simplex = np.r_[[x0], [x0 + 0.15 * e for e in np.eye(len(x0))]]
@@ -209,17 +222,11 @@ def main():
         if n != 10:  # at 10 among the candidates already
             cands.append((n, "previous table", prev, 4 if n > 10 else 2))
     for n, label, sig, order in cands:
-        err, sw_map, swap = np.array([p.error(sig, order) for p in probs]).T
-        wide = np.array([e for e, p in zip(err, probs) if p.wide])
+        sc = score(probs, sig, order)
+        wide = np.array([e for e, p in zip(sc["errors"], probs) if p.wide])
         g = gaussian_gaps(sig, order)
-        row = {"levels": n, "label": label, "order": order, "sigmas": [float(v) for v in sig],
-               "mean_abs_err": float(np.abs(err).mean()), "median_abs_err": float(np.median(np.abs(err))),
-               "max_abs_err": float(np.abs(err).max()), "mean_err": float(err.mean()),
-               "wide_mean_abs_err": float(np.abs(wide).mean()) if len(wide) else None,
-               "mean_sw2_to_map": float(sw_map.mean()), "max_sw2_to_map": float(sw_map.max()),
-               "mean_mode_swap": float(swap.mean()), "max_mode_swap": float(swap.max()),
-               "errors": err.tolist(), "sw2_to_map": sw_map.tolist(), "mode_swap": swap.tolist(),
-               "gaussian_gaps": g}
+        row = {"levels": n, "label": label, "order": order, "sigmas": [float(v) for v in sig], **sc,
+               "wide_mean_abs_err": float(np.abs(wide).mean()) if len(wide) else None, "gaussian_gaps": g}
         rows.append(row)
         print(f"{n:3d} {label:40s} o{order} mean|err| {row['mean_abs_err']:.4f} max {row['max_abs_err']:.3f} "
               f"wide {row['wide_mean_abs_err'] or float('nan'):.4f} | SW2 to map {row['mean_sw2_to_map']:.4f} max "

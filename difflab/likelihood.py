@@ -81,7 +81,7 @@ def _quad_logdet(mat: torch.Tensor, u: torch.Tensor):
     ok is False where mat is not positive definite (its two values are then meaningless)."""
     chol, info = torch.linalg.cholesky_ex(mat)
     ok = info == 0
-    chol = torch.where(ok[:, None, None], chol, torch.eye(mat.shape[-1], dtype=mat.dtype))
+    chol = torch.where(ok[:, None, None], chol, torch.eye(mat.shape[-1], dtype=mat.dtype, device=mat.device))
     w = torch.cholesky_solve(u.unsqueeze(-1), chol).squeeze(-1)
     return ok, (u * w).sum(1), 2 * chol.diagonal(dim1=1, dim2=2).log().sum(1)
 
