@@ -24,7 +24,7 @@ Run:  python benchmarks/samplers_highdim_validation.py [--seeds 0-7] [--dim 64] 
       python benchmarks/samplers_highdim_validation.py --family digits --seeds 0-23 --n 4000
       python benchmarks/samplers_highdim_validation.py [--family digits] --report
 Writes benchmarks/results/samplers_highdim_validation[_digits].json and .md (`--dim D` other than 64:
-samplers_highdim_validation_<D>d.json and .md).
+samplers_highdim_validation_<D>d.json and .md; `--tag NAME` appends _NAME).
 """
 from __future__ import annotations
 
@@ -99,11 +99,12 @@ def main():
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--nfe", default="10,20")
     ap.add_argument("--family", choices=("random", "digits"), default="random")
+    ap.add_argument("--tag", default="", help="appended to the result files' names (e.g. a run at another n)")
     ap.add_argument("--report", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
     digits = a.family == "digits"
-    suffix = "_digits" if digits else ("" if a.dim == 64 else f"_{a.dim}d")
+    suffix = ("_digits" if digits else ("" if a.dim == 64 else f"_{a.dim}d")) + (f"_{a.tag}" if a.tag else "")
     js = RESULTS / f"samplers_highdim_validation{suffix}.json"
     nfes = [int(v) for v in a.nfe.split(",")]
     if not a.report:
