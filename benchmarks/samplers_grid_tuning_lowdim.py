@@ -50,7 +50,8 @@ and 13/21 (W = 8) against 14 for the chosen entry, SW2 to the map below every di
 all three, mass moved between modes 1.31 % and 1.15 % against 1.33 %, median distance to the exact map's gap
 0.033 against 0.041. Grids that copy diffusers' UniPC levels where the modes are chosen (sigma_max, 25.5 or
 20, 6.1 or 6.5, 3.4, 2.0, 1.24, 0.72, then 0.34, 0.1, 0.03 or 0.36, 0.13, 0.045) were far worse there: PASS 4/21
-and 7/21, mass moved between modes 2.9 % and 2.1 %, median distance to the map's gap 0.17 and 0.11. Also measured and dropped (20 levels, n = 20000):
+and 7/21, mass moved between modes 2.9 % and 2.1 %, median distance to the map's gap 0.17 and 0.11.
+Also measured and dropped (20 levels, n = 20000):
 grids with more levels above sigma 4 (training SW2 to map 0.017 -> 0.013; validation 0.033 -> 0.032
 with more mass moved between modes) and per-level
 solver orders (order 2 at high sigma, 3 or 4 below: no aggregate gain, per-mixture effects erratic).
