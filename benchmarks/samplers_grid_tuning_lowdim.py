@@ -137,6 +137,12 @@ def ab_of_sigmas(sig) -> torch.Tensor:
     return torch.tensor(1 / (1 + np.asarray(sig, dtype=np.float64) ** 2), dtype=torch.float64)
 
 
+def chosen_sigmas(n) -> np.ndarray:
+    """The VE sigmas (sigma_max first) of the chosen table's n-level 2-D grid (samplers._TUNED["low"])."""
+    ab = S.make_grid(SCHED, n, "tuned", dim=2)
+    return ((1 - ab) / ab).sqrt().numpy()
+
+
 def gaussian_gaps(sig, order, scales=SCALES, dim=2):
     """Gap of N(0, s^2 I) in `dim` dimensions per scale s, -dim/2 (variance ratio - 1): the sampler is linear
     there, so one coordinate per scale tells (two rows fix the 'gauss' step's fit)."""
@@ -234,13 +240,11 @@ def main():
     # the chosen table, at the other level counts, against the previous defaults
     cands.append((10, "spread (the entry before the third pass)", SPREAD_10, 2))
     if a.optimise:
-        chosen = S.make_grid(SCHED, 10, "tuned", dim=2)
-        start = ((1 - chosen) / chosen).sqrt().numpy() if a.from_chosen else SPREAD_10
+        start = chosen_sigmas(10) if a.from_chosen else SPREAD_10
         label = f"optimised from {'chosen' if a.from_chosen else 'spread'}, weight {a.weight:g}"
         cands.append((10, label, optimise(probs, start, weight=a.weight), 2))
     for n in (5, 6, 7, 8, 9, 10, 12, 14, 15, 17):
-        cur = S.make_grid(SCHED, n, "tuned", dim=2)
-        cands.append((n, "chosen table", ((1 - cur) / cur).sqrt().numpy(), S.tuned_order(n, 2)))
+        cands.append((n, "chosen table", chosen_sigmas(n), S.tuned_order(n, 2)))
         prev = band(n, 10, 0.02) if n > 10 else \
             np.r_[S_MAX, np.exp(np.interp(np.linspace(0, 8, n - 1), np.arange(9), np.log(PREVIOUS_10)))]
         if n != 10:  # at 10 among the candidates already

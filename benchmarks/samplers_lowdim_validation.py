@@ -109,8 +109,9 @@ def to_map(gm, judge, x, ref) -> dict:
     """How far samples x are from the exact map's samples ref of the same noise: rms distance, SW2 between the
     two sets (the judge's directions), mode_swap, the fraction of samples whose most likely mixture component
     differs from ref's (a sample that chose another mode; the mean log-density cannot see it), and mode_tv, the
-    mass the swaps move between modes on balance: (1/2) sum_k |P(mode k | x) - P(mode k | ref)| over the two
-    sets' mode fractions (swaps in both directions cancel; what is left changes the distribution)."""
+    mass the swaps move between modes on balance: (1/2) sum_k |frac_k(x) - frac_k(ref)|, frac_k the share of a
+    set's samples whose most likely mode is k (swaps in both directions cancel; what is left changes the
+    distribution)."""
     x, ref = x.double(), ref.double()
     if not bool(torch.isfinite(x).all()):
         return {"rms_to_map": float("nan"), "sw2_to_map": float("nan"), "mode_swap": float("nan"),
@@ -195,12 +196,17 @@ def run_all(mixes, n, nfes, js, difflab_labels=DIFFLAB, name_width=13, desc_widt
     return allres
 
 
+def diffusers_best(allres, nfe, key, f=lambda v: v) -> np.ndarray:
+    """Per mixture, the smallest f(row[key]) over diffusers' schedulers at one NFE (diverged runs, NaN, left out)."""
+    return np.array([np.nanmin([f(x[key]) for x in r["rows"] if x["lib"] == "diffusers" and x["nfe_target"] == nfe])
+                     for r in allres])
+
+
 def summary(allres, nfe, method="unipc (default)"):
     """One line: PASS count, and difflab's |dgap| (median, max) against diffusers' smallest |dgap| per mixture."""
     v = [verdict(r, nfe, method) for r in allres]
     d = np.abs([x[1]["dgap"] for x in v])
-    df = np.array([min(abs(x["dgap"]) for x in r["rows"] if x["lib"] == "diffusers" and x["nfe_target"] == nfe)
-                   for r in allres])
+    df = diffusers_best(allres, nfe, "dgap", abs)
     n_sw = sum(x[1]["sw2"] < x[2]["sw2"] for x in v)
     n_gap = sum(abs(x[1]["gap"]) < abs(x[3]["gap"]) for x in v)
     n_map = sum(map_passes(r, nfe) for r in allres)
@@ -211,22 +217,19 @@ def summary(allres, nfe, method="unipc (default)"):
             f"{np.median(df):.3f})")
     if all("sw2_to_map" in x[1] for x in v):  # the oldest results lack it
         sw_map = np.array([x[1]["sw2_to_map"] for x in v])
-        d_sw_map = np.array([np.nanmin([x["sw2_to_map"] for x in r["rows"] if x["lib"] == "diffusers"
-                                        and x["nfe_target"] == nfe]) for r in allres])
+        d_sw_map = diffusers_best(allres, nfe, "sw2_to_map")
         closer = sw_map < d_sw_map
         line += (f"; SW2 to the exact map's samples below every diffusers scheduler's on {int(closer.sum())}, "
                  f"on both that and |dgap| on {int((closer & (d < df)).sum())} (the verdict as n "
                  "grows: the exact map's samples are true samples)")
     if all("mode_tv" in x[1] for x in v):  # results from before the net mode mass was recorded lack it
         tv = np.array([x[1]["mode_tv"] for x in v]) * 100
-        d_tv = np.array([np.nanmin([x["mode_tv"] for x in r["rows"] if x["lib"] == "diffusers"
-                                    and x["nfe_target"] == nfe]) for r in allres]) * 100
+        d_tv = diffusers_best(allres, nfe, "mode_tv") * 100
         line += (f"; mass moved between modes on balance (mode_tv): difflab mean {tv.mean():.3f} %, max "
                  f"{tv.max():.2f} %, below every diffusers scheduler's on {int((tv < d_tv).sum())}")
     if all("mode_swap" in x[1] for x in v):  # results from before the mode count was recorded lack it
         swap = np.array([x[1]["mode_swap"] for x in v]) * 100
-        d_swap = np.array([np.nanmin([x["mode_swap"] for x in r["rows"] if x["lib"] == "diffusers"
-                                   and x["nfe_target"] == nfe]) for r in allres]) * 100
+        d_swap = diffusers_best(allres, nfe, "mode_swap") * 100
         line += (f"; samples in another mode than the exact map's: difflab mean {swap.mean():.2f} %, max "
                  f"{swap.max():.1f} % (diffusers' fewest per mixture: mean {d_swap.mean():.2f} %, max "
                  f"{d_swap.max():.1f} %)")
