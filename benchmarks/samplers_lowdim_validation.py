@@ -80,26 +80,34 @@ def random_mixture(seed: int) -> tuple[GaussianMixture, str]:
     return GaussianMixture(torch.tensor(w), torch.tensor(mu @ rot.T), torch.tensor(sd)), desc
 
 
-def exact_map(gm: GaussianMixture, noise: torch.Tensor, sigma_end: float = 1e-4, rtol: float = 1e-9):
-    """The exact probability-flow ODE map of VP noise at ab_T to data: dx/dlog(sigma) = x - x0_hat(x, sigma)
-    in VE units with the exact mixture denoiser, DOP853 down to sigma_end, then x0_hat there."""
+def exact_flow(gm: GaussianMixture, noise: torch.Tensor, sigma_end: float, rtol: float = 1e-9) -> torch.Tensor:
+    """The exact probability-flow ODE of VP noise at ab_T, dx/dlog(sigma) = x - x0_hat(x, sigma) in VE units with
+    the exact mixture denoiser, integrated by DOP853 down to sigma_end: the VE state there (float64)."""
     from scipy.integrate import solve_ivp
     fast = B.FastExactMixture(gm)
     shape = noise.shape
 
-    def x0_hat(x, sig):
-        ab = 1 / (1 + sig * sig)
-        return x - sig * fast.eps(x * math.sqrt(ab), ab)
-
     def rhs(u, y):
         x = torch.from_numpy(y).reshape(shape)
-        return (x - x0_hat(x, math.exp(u))).reshape(-1).numpy()
+        return (x - exact_x0(fast, x, math.exp(u))).reshape(-1).numpy()
 
     s_max = math.sqrt((1 - AB_T) / AB_T)
     x = noise.double() / math.sqrt(AB_T)
     sol = solve_ivp(rhs, (math.log(s_max), math.log(sigma_end)), x.reshape(-1).numpy(), method="DOP853",
                     rtol=rtol, atol=1e-10)
-    return x0_hat(torch.from_numpy(sol.y[:, -1]).reshape(shape), sigma_end)
+    return torch.from_numpy(sol.y[:, -1]).reshape(shape)
+
+
+def exact_x0(fast, x: torch.Tensor, sig: float) -> torch.Tensor:
+    """x0_hat of the VE state x at noise level sigma, from the exact mixture eps."""
+    ab = 1 / (1 + sig * sig)
+    return x - sig * fast.eps(x * math.sqrt(ab), ab)
+
+
+def exact_map(gm: GaussianMixture, noise: torch.Tensor, sigma_end: float = 1e-4, rtol: float = 1e-9):
+    """The exact probability-flow ODE map of VP noise at ab_T to data: `exact_flow` down to sigma_end, then
+    x0_hat there."""
+    return exact_x0(B.FastExactMixture(gm), exact_flow(gm, noise, sigma_end, rtol), sigma_end)
 
 
 DIFFLAB = {"unipc (default)": ("unipc", {})}
