@@ -69,7 +69,7 @@ on most others both |error| and SW2 to map rise. The issue's verdict on those 16
 40000`, samplers_grid_tuning_lowdim_wide_verdicts.md): PASS 4/16 for the standard entry (SW2 below every diffusers
 scheduler's on 4, |gap| on 14), 5 for the start (6, 11), 4 for W = 4 (7, 11), 5 for W = 10 (9, 10); the exact map
 passes 10. The switch trades mixtures (the distance is won more often, the log-density gap less: the wide grids'
-last levels 0.35 .. 0.08 leave narrow modes over-concentrated by 0.1 .. 0.4 nat), so it was not adopted.
+last levels 0.35 .. 0.08 leave narrow modes 0.1 .. 0.5 nat off, mostly over-concentrated), so it was not adopted.
 
 Run:  python benchmarks/samplers_grid_tuning_lowdim.py [--n 1500] [--seeds 1000-1039] [--optimise]
       [--weight W] [--from-chosen]
