@@ -155,9 +155,10 @@ def ab_of_sigmas(sig) -> torch.Tensor:
     return torch.tensor(1 / (1 + np.asarray(sig, dtype=np.float64) ** 2), dtype=torch.float64)
 
 
-def chosen_sigmas(n) -> np.ndarray:
-    """The VE sigmas (sigma_max first) of the chosen table's n-level 2-D grid (samplers._TUNED["low"])."""
-    ab = S.make_grid(SCHED, n, "tuned", dim=2)
+def chosen_sigmas(n, dim=2) -> np.ndarray:
+    """The VE sigmas (sigma_max first) of the chosen table's n-level grid for data of dimension dim
+    (samplers._TUNED["low"] for 2-D)."""
+    ab = S.make_grid(SCHED, n, "tuned", dim=dim)
     return ((1 - ab) / ab).sqrt().numpy()
 
 
@@ -239,12 +240,12 @@ def optimise(probs, start, order=2, weight=1.0, maxfev=400, penalty=None):
 
 
 def rms_spread(gm) -> float:
-    """A mixture's RMS scale per coordinate from its moments (what samplers.data_spread measures)."""
+    """A mixture's RMS scale per coordinate from its moments."""
     mu = (gm.weights[:, None] * gm.means).sum(0)
     return float((gm.weights[:, None] * ((gm.means - mu) ** 2 + gm.stds ** 2)).sum(0).mean().sqrt())
 
 
-WIDE_START = [S_MAX, 26, 12, 6.1, 3.4, 2.0, 1.24, 0.72, 0.34, 0.08]  # diffusers' UniPC levels down to 0.72, then 3
+WIDE_START = [S_MAX, 26, 12, 6.1, 3.4, 2.0, 1.24, 0.72, 0.34, 0.08]  # ~diffusers' UniPC levels to 0.72, then 0.34, 0.08
 
 
 def wide_pass(a):
@@ -299,12 +300,12 @@ def wide_verdicts(a):
     for s in stored[4]["wide_seeds"]:
         gm, desc = V.random_mixture(s)
         res = V.run_one(gm, desc, f"seed {s}", a.n, [10], labels)
+        ver = {k: V.verdict(res, 10, k) for k in labels}  # (passes, our row, best SW2 row, best |gap| row)
+        b_sw, b_gap = V.best_diffusers(res, 10)
         rows.append({"seed": s, "spread": rms_spread(gm), "map_passes": V.map_passes(res, 10),
-                     **{k: V.verdict(res, 10, k)[0] for k in labels},
-                     "sw2": {k: V.verdict(res, 10, k)[1]["sw2"] for k in labels},
-                     "gap": {k: V.verdict(res, 10, k)[1]["gap"] for k in labels},
-                     "diffusers_best_sw2": V.best_diffusers(res, 10)[0]["sw2"],
-                     "diffusers_best_abs_gap": abs(V.best_diffusers(res, 10)[1]["gap"])})
+                     **{k: v[0] for k, v in ver.items()},
+                     "sw2": {k: v[1]["sw2"] for k, v in ver.items()}, "gap": {k: v[1]["gap"] for k, v in ver.items()},
+                     "diffusers_best_sw2": b_sw["sw2"], "diffusers_best_abs_gap": abs(b_gap["gap"])})
         print(f"seed {s}: " + "  ".join(f"{k}: {'PASS' if rows[-1][k] else '-'}" for k in labels), flush=True)
     out = HERE / "results" / "samplers_grid_tuning_lowdim_wide_verdicts.json"
     out.write_text(json.dumps({"n": a.n, "grids": {k: [float(v) for v in g] for k, g in grids.items()},
