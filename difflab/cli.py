@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=_positive_int("--n"), default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="output .npz (a PNG grid is written beside it)")
-    s.add_argument("--sampler", help="a name in difflab.samplers.NAMES: ancestral, ddim, langevin, annealed_langevin, "
-                   "euler_maruyama, srk, pc, ode, heun, dpmpp_2m, dpmpp_3m, unipc (default: the run's)")
+    s.add_argument("--sampler", help="a name in difflab.samplers.NAMES: ancestral, ddim, langevin, "
+                   "annealed_langevin, euler_maruyama, srk, pc, ode, heun, dpmpp_2m, dpmpp_3m, unipc, "
+                   "gauss_multistep (default: the run's)")
     s.add_argument("--nfe", type=_positive_int("--nfe"), help="network evaluations (default: T)")
     s.add_argument("--variance", choices=["small", "large", "analytic"],
                    help="ancestral variance: beta-tilde, beta, or analytic (second moment matched per batch)")

@@ -14,7 +14,8 @@ happens at a level in [ab_T, ab_1]. How a sampler takes its last step to ab = 1 
     the probability-flow ODE continued to ab = 1 (ODE solvers): one Euler step in sigma^2 of the
     VE form, x_0 = x + sigma^2/2 * score = (x + x0_hat) / 2  (error O(sigma^4) instead of O(sigma^2));
     UniPC by default takes the step that is exact for locally Gaussian data (`_gauss_final`), which
-    matters for modes as narrow as the last level's sigma.
+    matters for modes as narrow as the last level's sigma. `gauss_multistep` (its own module) carries
+    that idea through every step: the flow of a Gaussian of fitted width is integrated exactly.
 
 Notation: VP x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps; VE x = x_vp / sqrt(ab), sigma^2 = (1 - ab) / ab,
 log-SNR lambda = -2 log sigma. ODE solvers work in the VE form: dx/dsigma = (x - x0_hat(x, sigma)) / sigma.
@@ -31,12 +32,13 @@ import torch
 from . import gaussian as G
 from . import sde as sdes
 from .denoiser import Denoiser
+from .gauss_multistep import fit_width2, gauss_multistep
 from .schedules import Schedule
 
 __all__ = ["sample", "NAMES", "GRIDS", "timesteps", "alpha_bar_grid", "make_grid", "ancestral_variances",
            "analytic_step_variance", "resolve_variance",
            "tuned_order", "ancestral", "ddim", "langevin", "annealed_langevin", "euler_maruyama", "srk", "pc",
-           "heun", "ode", "dpmpp_2m", "dpmpp_3m", "unipc"]
+           "heun", "ode", "dpmpp_2m", "dpmpp_3m", "unipc", "gauss_multistep"]
 
 
 # ============================================================================================
@@ -346,17 +348,12 @@ def _gauss_final(x_ve, d, prev, last):
     = C sigma / sqrt(s^2 + sigma^2) and x_0 = mu + C s. Hence
         x_0 = x0_hat + e_L sigma_L f(s / sigma_L),   f(k) = k (sqrt(k^2 + 1) - k)  in [0, 1/2),
     between "denoise" (f = 0, s << sigma_L) and "ode" (f -> 1/2, s >> sigma_L), and the ratio of e at two
-    levels P, L of one trajectory gives s without mu:  q = (e_L sigma_P / (e_P sigma_L))^2 = (s^2 + sigma_P^2)
-    / (s^2 + sigma_L^2),  s^2 = (sigma_P^2 - q sigma_L^2) / (q - 1),  q clipped to its range [1, sigma_P^2 /
-    sigma_L^2] (q -> 1: "ode"; the upper end: "denoise"). prev, last: (x, x0_hat, sigma) of the evaluations at
-    P and L (VE units). Fine modes (widths ~ sigma_L) are where this matters: six modes of width 0.025 at 20
-    UniPC calls: gap -0.25 nat with "ode", -0.02 with this (exact PF-ODE map: -0.004; tests/
-    test_samplers_extra.py); at 10 calls -1.02 and +0.15. Modes of width 0.25 do not move."""
-    (x_p, d_p, s_p), (x_l, d_l, s_l) = prev, last
-    e_p, e_l = (x_p.double() - d_p.double()) / s_p, (x_l.double() - d_l.double()) / s_l
-    hi = (s_p / s_l) ** 2
-    q = torch.nan_to_num((e_l * s_p / (e_p * s_l)) ** 2, nan=1.0, posinf=hi).clamp(1.0 + 1e-9, hi * (1 - 1e-9))
-    k = ((s_p ** 2 - q * s_l ** 2) / (q - 1)).clamp(min=0).sqrt() / s_l
+    levels P, L of one trajectory gives s without mu (`gauss_multistep.fit_width2`; s = inf: "ode", s = 0:
+    "denoise"). prev, last: (x, x0_hat, sigma) of the evaluations at P and L (VE units). Fine modes
+    (widths ~ sigma_L) are where this matters: six modes of width 0.025 at 20 UniPC calls: gap -0.25 nat
+    with "ode", -0.02 with this (exact PF-ODE map: -0.004; tests/test_samplers_extra.py); at 10 calls -1.02
+    and +0.15. Modes of width 0.25 do not move."""
+    k = fit_width2(prev, last).sqrt() / last[2]
     f = (k * ((k * k + 1).sqrt() - k)).nan_to_num(nan=0.5).clamp(0.0, 0.5)  # k = inf: the limit 1/2
     return d + (x_ve - d) * f.to(x_ve.dtype)
 
@@ -904,6 +901,7 @@ NAMES: dict[str, Callable] = {
     "langevin": langevin, "annealed_langevin": annealed_langevin,
     "euler_maruyama": euler_maruyama, "srk": srk, "pc": pc,
     "ode": ode, "heun": heun, "dpmpp_2m": dpmpp_2m, "dpmpp_3m": dpmpp_3m, "unipc": unipc,
+    "gauss_multistep": gauss_multistep,
 }
 
 _SPECS: dict[str, _Spec] = {
@@ -919,6 +917,7 @@ _SPECS: dict[str, _Spec] = {
     "dpmpp_2m": _Spec(grid="logsnr"),
     "dpmpp_3m": _Spec(grid="logsnr"),
     "unipc": _Spec(grid="tuned"),
+    "gauss_multistep": _Spec(grid="tuned"),
 }
 
 _ADAPTIVE = {"ode"}  # samplers whose call count the solver decides
