@@ -157,6 +157,7 @@ DIFFLAB = {  # label -> (sampler, options, smallest sensible nfe)
     "dpmpp_2m (logsnr)": ("dpmpp_2m", {}, 2),
     "dpmpp_3m (logsnr)": ("dpmpp_3m", {}, 3),
     "unipc (tuned grid)": ("unipc", {}, 2),
+    "gauss_multistep (tuned grid)": ("gauss_multistep", {}, 2),
 }
 # At NFE 1000 only these run (each costs 1000 calls on n samples); see the report's note.
 AT_1000 = {"difflab": ["ancestral (default)", "ancestral (small)", "ancestral (large)", "ancestral (analytic)",
