@@ -85,7 +85,7 @@ def _integral(u_i, u_j, pts, reach=None):
 @torch.inference_mode()
 def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None,
                     corrector: bool = True, reach: float = 1.0, max_ratio: float = 30.0,
-                    progress: Callable | None = None,
+                    width_scale: float = 1.0, progress: Callable | None = None,
                     trajectory: list | None = None) -> torch.Tensor:
     """x_0 from x (N, ...) at grid[0] (VP units) by the Gaussian-exact multistep solver (module docstring).
 
@@ -93,8 +93,9 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
     with the last fitted width (exact for Gaussian data). corrector: the trapezoid corrector with each new
     evaluation (free). reach: how far the predictor's line may extrapolate, in units of the interval it
     was fitted on (`_integral`; None: no limit). max_ratio: the fitted width is capped at max_ratio x sigma
-    (s -> infinity is an Euler step in sigma^2; the cap only keeps 1 / Phi away from 0). Arithmetic in
-    float64, state in x's dtype."""
+    (s -> infinity is an Euler step in sigma^2; the cap only keeps 1 / Phi away from 0). width_scale: the
+    fitted s^2 is multiplied by it (1: the solver; 0: a plain multistep in 1 / sigma; for ablations).
+    Arithmetic in float64, state in x's dtype."""
     levels = [float(a) for a in grid[:-1]]
     sig = [math.sqrt((1 - a) / a) for a in levels] + [0.0]
     dtype = x.dtype
@@ -112,7 +113,7 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
     for i in range(len(levels)):
         s_i, s_j = sig[i], sig[i + 1]
         s2 = torch.zeros_like(x) if prev is None else fit_width2(prev, (x_eval, d, s_i))
-        s2 = s2.clamp(max=(max_ratio * s_i) ** 2)
+        s2 = width_scale * s2.clamp(max=(max_ratio * s_i) ** 2)
 
         u_i = _u(s2, s_i)
         m_i = _implied_mean(s2, x_eval, d, s_i)
