@@ -53,9 +53,9 @@ SETS = {  # label -> (stored validation json, mixture family)
     "256d": ("samplers_highdim_validation_256d.json", "random"),
     "784d": ("samplers_highdim_validation_784d.json", "random"),
 }
-SAMPLERS = {"unipc": {}, "gauss_multistep": {}}  # label -> options of difflab.sample
-ABLATION = {"unipc": {}, "gauss_multistep": {}, **{f"gauss_multistep s2 x {c}": {"width_scale": c} for c in
-                                                    (0.0, 0.25, 0.5)}}
+SAMPLERS = {"unipc": ("unipc", {}), "gauss_multistep": ("gauss_multistep", {})}  # label -> (sampler, options)
+ABLATION = {**SAMPLERS, **{f"gauss_multistep s2 x {c}": ("gauss_multistep", {"width_scale": c})
+                           for c in (0.0, 0.25, 0.5)}}
 
 
 def mixture(stored: dict, family: str):
@@ -82,18 +82,26 @@ def run_set(label: str, samplers: dict = SAMPLERS) -> list[dict]:
         for nfe in (10, 20):
             b_sw, b_gap = V.best_diffusers(res, nfe)
             row["rows"][f"exact map@{nfe}"] = {"pass": V.beats({"sw2": sw_ref, "gap": gap_ref}, b_sw, b_gap)}
-            for name, opts in samplers.items():
+            for label_s, (name, opts) in samplers.items():
                 den = B.FastExactMixture(gm).denoiser()
-                x = difflab.sample(den, noise, name.split()[0], nfe=nfe, **opts)
+                x = difflab.sample(den, noise, name, nfe=nfe, **opts)
                 sw, gap = judge(x)
                 r = {"calls": den.nfe, "sw2": sw, "gap": gap, "dgap": gap - gap_ref, **V.to_map(gm, judge, x, ref)}
                 r["pass"] = V.beats(r, b_sw, b_gap)
-                row["rows"][f"{name}@{nfe}"] = r
+                row["rows"][f"{label_s}@{nfe}"] = r
         out.append(row)
         print(f"  {label} {res['mixture']}: " + "  ".join(
-            f"{k} {'P' if r['pass'] else '-'} {r.get('dgap', float('nan')):+.3f}" for k, r in row["rows"].items())
+            f"{k} {'P' if r['pass'] else '-'}" + (f" {r['dgap']:+.3f}" if "dgap" in r else "")
+            for k, r in row["rows"].items())
             + f" ({time.time() - t0:.0f}s)", flush=True)
     return out
+
+
+def stats(rows: list[dict], key: str) -> tuple[int, np.ndarray, float]:
+    """(PASS count, |dgap| per mixture, mean mode_tv in %) of one sampler at one NFE (key "label@nfe")."""
+    r = [row["rows"][key] for row in rows]
+    return (sum(v["pass"] for v in r), np.abs([v["dgap"] for v in r]),
+            100 * float(np.mean([v["mode_tv"] for v in r])))
 
 
 def summary_lines(allres: dict) -> list[str]:
@@ -102,16 +110,13 @@ def summary_lines(allres: dict) -> list[str]:
              "mode_tv mean unipc / gauss_multistep |", "|---|---|---|---|---|---|---|---|"]
     for label, rows in allres.items():
         for nfe in (10, 20):
-            u = [r["rows"][f"unipc@{nfe}"] for r in rows]
-            g = [r["rows"][f"gauss_multistep@{nfe}"] for r in rows]
+            pu, du, tu = stats(rows, f"unipc@{nfe}")
+            pg, dg, tg = stats(rows, f"gauss_multistep@{nfe}")
             mp = sum(r["rows"][f"exact map@{nfe}"]["pass"] for r in rows)
-            du, dg = np.abs([r["dgap"] for r in u]), np.abs([r["dgap"] for r in g])
             lines.append(
-                f"| {label} (dim {rows[0]['dim']}, n {rows[0]['n']}) | {len(rows)} | {nfe} | "
-                f"{sum(r['pass'] for r in u)} / {sum(r['pass'] for r in g)} / {mp} | "
+                f"| {label} (dim {rows[0]['dim']}, n {rows[0]['n']}) | {len(rows)} | {nfe} | {pu} / {pg} / {mp} | "
                 f"{np.median(du):.3f} / {np.median(dg):.3f} | {du.max():.3f} / {dg.max():.3f} | "
-                f"{int((dg < du).sum())}/{len(rows)} | {100 * np.mean([r['mode_tv'] for r in u]):.2f} % / "
-                f"{100 * np.mean([r['mode_tv'] for r in g]):.2f} % |")
+                f"{int((dg < du).sum())}/{len(rows)} | {tu:.2f} % / {tg:.2f} % |")
     return lines
 
 
@@ -160,10 +165,9 @@ def ablation_report(res: dict):
     for label, rows in res.items():
         for nfe in (10, 20):
             for name in ABLATION:
-                r = [row["rows"][f"{name}@{nfe}"] for row in rows]
-                dg = np.abs([v["dgap"] for v in r])
-                md.append(f"| {label} | {nfe} | {name} | {sum(v['pass'] for v in r)}/{len(r)} | {np.median(dg):.3f} / "
-                          f"{dg.mean():.3f} / {dg.max():.3f} | {100 * np.mean([v['mode_tv'] for v in r]):.2f} % |")
+                passes, dg, tv = stats(rows, f"{name}@{nfe}")
+                md.append(f"| {label} | {nfe} | {name} | {passes}/{len(rows)} | {np.median(dg):.3f} / "
+                          f"{dg.mean():.3f} / {dg.max():.3f} | {tv:.2f} % |")
     (RESULTS / "samplers_gauss_multistep_ablation.md").write_text("\n".join(md) + "\n")
 
 

@@ -20,7 +20,7 @@ import torch
 from . import gaussian as G
 from .schedules import Schedule
 
-__all__ = ["Denoiser", "noise_level_input", "PARAMETERIZATIONS"]
+__all__ = ["Denoiser", "noise_level_input", "PARAMETERIZATIONS", "predict_at"]
 
 PARAMETERIZATIONS = ("eps", "x0", "v")
 
@@ -138,3 +138,12 @@ class Denoiser:
     def from_score(cls, fn: Callable, schedule: Schedule, clip=None) -> Denoiser:
         """Wrap a score model fn(x_t, alpha_bar) -> grad log p(x_t): eps = -sqrt(1 - ab) score (issue 4)."""
         return cls(lambda x, ab: G.eps_from_score(fn(x, ab), ab), schedule, "eps", clip)
+
+
+def predict_at(denoiser: Denoiser, x: torch.Tensor, ab, progress: Callable | None = None):
+    """(x0, eps) of x (N, ...) at one scalar level ab (0-d float64 or float), one denoiser call; progress()
+    after it. The samplers' way of calling a denoiser."""
+    out = denoiser.predict(x, torch.as_tensor(ab, dtype=torch.float64).reshape(1).expand(x.shape[0]))
+    if progress:
+        progress()
+    return out

@@ -32,6 +32,7 @@ import torch
 from . import gaussian as G
 from . import sde as sdes
 from .denoiser import Denoiser
+from .denoiser import predict_at as _predict
 from .gauss_multistep import fit_width2, gauss_multistep
 from .schedules import Schedule
 
@@ -298,14 +299,6 @@ def _explicit_grid(schedule, grid):
 # ============================================================================================
 def _noise_like(x, generator):
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-
-
-def _predict(denoiser, x, ab, progress=None):
-    """(x0, eps) at the scalar level ab (0-d float64 or float), one denoiser call."""
-    out = denoiser.predict(x, torch.as_tensor(ab, dtype=torch.float64).reshape(1).expand(x.shape[0]))
-    if progress:
-        progress()
-    return out
 
 
 def _record(trajectory, x):

@@ -50,22 +50,33 @@ def test_gaussian_data_narrower_than_the_first_level_come_out_exact():
     assert err["gauss_multistep"] < 1e-4 and err["unipc"] > 1e-2, err
 
 
+def random_mixture(seed, k, d):
+    """k components in d dimensions, built as samplers_vs_diffusers.py's "64d": weights 0.5 + U, means N(0, I),
+    widths 0.1 + 0.5 U per coordinate."""
+    g = torch.Generator().manual_seed(seed)
+    return GaussianMixture(torch.rand(k, generator=g, dtype=torch.float64) + 0.5,
+                           torch.randn(k, d, generator=g, dtype=torch.float64),
+                           0.1 + 0.5 * torch.rand(k, d, generator=g, dtype=torch.float64))
+
+
+def errors_to_the_exact_map(gm, n, noise_seed, runs):
+    """{label: mean log q(samples) - mean log q(exact PF-ODE map's samples)} for runs {label: (sampler, nfe,
+    options)}, all from the same noise and the mixture's exact denoiser."""
+    den = gm.fast_denoiser(SCHED)
+    noise = torch.randn(n, gm.dim, generator=torch.Generator().manual_seed(noise_seed), dtype=torch.float64)
+    lp = lambda x: float(gm.log_prob(x).mean())  # noqa: E731
+    exact = lp(difflab.sample(den, noise, "ode", rtol=1e-7, atol=1e-7))
+    return {label: lp(difflab.sample(den, noise, name, nfe=nfe, **opts)) - exact
+            for label, (name, nfe, opts) in runs.items()}
+
+
 def test_ten_calls_on_the_benchmark_style_64d_mixture_stay_near_the_exact_map():
     """Ten 64-D components (means N(0, I), widths 0.1 .. 0.6 per coordinate, as samplers_vs_diffusers.py's
     "64d", other draws): the mean log-density of 10-call gauss_multistep samples within 0.8 nat of the exact
     PF-ODE map's (measured +0.24; the default UniPC -1.32, DDIM on the same grid +7.9)."""
-    g = torch.Generator().manual_seed(0)
-    k, d = 10, 64
-    gm = GaussianMixture(torch.rand(k, generator=g, dtype=torch.float64) + 0.5,
-                         torch.randn(k, d, generator=g, dtype=torch.float64),
-                         0.1 + 0.5 * torch.rand(k, d, generator=g, dtype=torch.float64))
-    den, n = gm.fast_denoiser(SCHED), 2000
-    noise = torch.randn(n, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    lp = lambda x: float(gm.log_prob(x).mean())  # noqa: E731
-    exact = lp(difflab.sample(den, noise, "ode", rtol=1e-7, atol=1e-7))
-    ours = lp(difflab.sample(den, noise, "gauss_multistep", nfe=10)) - exact
-    ddim = lp(difflab.sample(den, noise, "ddim", nfe=10, grid="tuned")) - exact
-    assert abs(ours) < 0.8 and abs(ddim) > 3, (ours, ddim)
+    err = errors_to_the_exact_map(random_mixture(0, 10, 64), 2000, 1, {
+        "ours": ("gauss_multistep", 10, {}), "ddim": ("ddim", 10, {"grid": "tuned"})})
+    assert abs(err["ours"]) < 0.8 and abs(err["ddim"]) > 3, err
 
 
 def test_the_limited_extrapolation_keeps_five_calls_finite_and_close():
@@ -73,15 +84,6 @@ def test_the_limited_extrapolation_keeps_five_calls_finite_and_close():
     extrapolates five intervals ahead and the samples scatter; with it (the default, reach = 1) they stay
     near the exact map. Measured on this 32-D mixture: -0.24 nat limited, -182 without the limit (UniPC
     -1.98)."""
-    g = torch.Generator().manual_seed(4)
-    k, d = 6, 32
-    gm = GaussianMixture(torch.rand(k, generator=g, dtype=torch.float64) + 0.5,
-                         torch.randn(k, d, generator=g, dtype=torch.float64),
-                         0.1 + 0.5 * torch.rand(k, d, generator=g, dtype=torch.float64))
-    den, n = gm.fast_denoiser(SCHED), 1000
-    noise = torch.randn(n, d, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    lp = lambda x: float(gm.log_prob(x).mean())  # noqa: E731
-    exact = lp(difflab.sample(den, noise, "ode", rtol=1e-7, atol=1e-7))
-    limited = lp(difflab.sample(den, noise, "gauss_multistep", nfe=5)) - exact
-    free = lp(difflab.sample(den, noise, "gauss_multistep", nfe=5, reach=None)) - exact
-    assert abs(limited) < 1 and abs(free) > 20, (limited, free)
+    err = errors_to_the_exact_map(random_mixture(4, 6, 32), 1000, 5, {
+        "limited": ("gauss_multistep", 5, {}), "free": ("gauss_multistep", 5, {"reach": None})})
+    assert abs(err["limited"]) < 1 and abs(err["free"]) > 20, err
