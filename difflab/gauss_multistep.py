@@ -18,7 +18,7 @@ trapezoid, no extra call, as UniPC's corrector). With s = 0 this is a multistep 
 
 The width s is fitted per sample and per coordinate at every level from the last two evaluations, with
 no extra call: along one trajectory e = (x - x0_hat) / sigma = C sigma / Phi, so the ratio of e at
-levels P and L gives s (`fit_width2`; the fit of `samplers._gauss_final`, which is this solver's last
+levels P and L gives s (`fit_width2`; the fit of `gauss_final`, which is this solver's last
 step to sigma = 0). The first step (nothing to fit) takes s = 0: DDIM.
 
 For data whose every coordinate is Gaussian the solver is exact but for its first step (DDIM, off by
@@ -38,7 +38,7 @@ import torch
 
 from .denoiser import Denoiser, predict_at
 
-__all__ = ["fit_width2", "gauss_multistep"]
+__all__ = ["fit_width2", "gauss_final", "gauss_multistep"]
 
 
 def fit_width2(prev, last) -> torch.Tensor:
@@ -53,6 +53,24 @@ def fit_width2(prev, last) -> torch.Tensor:
     hi = (s_p / s_l) ** 2
     q = torch.nan_to_num((e_l * s_p / (e_p * s_l)) ** 2, nan=1.0, posinf=hi).clamp(1.0 + 1e-9, hi * (1 - 1e-9))
     return ((s_p ** 2 - q * s_l ** 2) / (q - 1)).clamp(min=0)
+
+
+def gauss_final(x_ve, d, prev, last) -> torch.Tensor:
+    """The step from the last level sigma_L to sigma = 0, exact when the data are locally Gaussian per
+    coordinate, with the width fitted from the last two evaluations (no extra call).
+
+    Data N(mu, s^2): the PF-ODE keeps x - mu = C sqrt(s^2 + sigma^2), so e = (x - x0_hat) / sigma
+    = C sigma / sqrt(s^2 + sigma^2) and x_0 = mu + C s. Hence
+        x_0 = x0_hat + e_L sigma_L f(s / sigma_L),   f(k) = k (sqrt(k^2 + 1) - k)  in [0, 1/2),
+    between "denoise" (f = 0, s << sigma_L) and "ode" (f -> 1/2, s >> sigma_L), and the ratio of e at two
+    levels P, L of one trajectory gives s without mu (`fit_width2`; s = inf: "ode", s = 0:
+    "denoise"). prev, last: (x, x0_hat, sigma) of the evaluations at P and L (VE units). Fine modes
+    (widths ~ sigma_L) are where this matters: six modes of width 0.025 at 20 UniPC calls: gap -0.25 nat
+    with "ode", -0.02 with this (exact PF-ODE map: -0.004; tests/test_samplers_extra.py); at 10 calls -1.02
+    and +0.15. Modes of width 0.25 do not move."""
+    k = fit_width2(prev, last).sqrt() / last[2]
+    f = (k * ((k * k + 1).sqrt() - k)).nan_to_num(nan=0.5).clamp(0.0, 0.5)  # k = inf: the limit 1/2
+    return d + (x_ve - d) * f.to(x_ve.dtype)
 
 
 def _u(s2, sigma):
@@ -113,7 +131,7 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
 
         u_i = _u(s2, s_i)
         m_i = _implied_mean(s2, x_eval, d, s_i)
-        if s_j == 0:  # to sigma = 0 with m held: x_0 = m + (x - m) s / Phi_i (`samplers._gauss_final`)
+        if s_j == 0:  # to sigma = 0 with m held: x_0 = m + (x - m) s / Phi_i (`gauss_final`)
             return (m_i + (x - m_i) * s2.sqrt() * u_i).to(dtype)
         u_j = _u(s2, s_j)
         pts = [(u_i, m_i)]

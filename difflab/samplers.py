@@ -33,13 +33,15 @@ from . import gaussian as G
 from . import sde as sdes
 from .denoiser import Denoiser
 from .denoiser import predict_at as _predict
-from .gauss_multistep import fit_width2, gauss_multistep
+from .gauss_multistep import gauss_final as _gauss_final
+from .gauss_multistep import gauss_multistep
 from .schedules import Schedule
+from .split_multistep import split_multistep
 
-__all__ = ["sample", "NAMES", "GRIDS", "timesteps", "alpha_bar_grid", "make_grid", "ancestral_variances",
-           "analytic_step_variance", "resolve_variance",
+__all__ = ["sample", "NAMES", "GRIDS", "timesteps", "alpha_bar_grid", "make_grid",
+           "ancestral_variances", "analytic_step_variance", "resolve_variance",
            "tuned_order", "ancestral", "ddim", "langevin", "annealed_langevin", "euler_maruyama", "srk", "pc",
-           "heun", "ode", "dpmpp_2m", "dpmpp_3m", "unipc", "gauss_multistep"]
+           "heun", "ode", "dpmpp_2m", "dpmpp_3m", "unipc", "gauss_multistep", "split_multistep"]
 
 
 # ============================================================================================
@@ -331,24 +333,6 @@ def _ode_final(x_ve, d, final, fit=None):
     if final == "gauss":
         raise ValueError("final='gauss' needs the last two levels' evaluations: only unipc supports it")
     raise ValueError(f"final must be 'ode', 'denoise', 'gauss' or 'none', got {final!r}")
-
-
-def _gauss_final(x_ve, d, prev, last):
-    """The step from the last level sigma_L to sigma = 0, exact when the data are locally Gaussian per
-    coordinate, with the width fitted from the last two evaluations (no extra call).
-
-    Data N(mu, s^2): the PF-ODE keeps x - mu = C sqrt(s^2 + sigma^2), so e = (x - x0_hat) / sigma
-    = C sigma / sqrt(s^2 + sigma^2) and x_0 = mu + C s. Hence
-        x_0 = x0_hat + e_L sigma_L f(s / sigma_L),   f(k) = k (sqrt(k^2 + 1) - k)  in [0, 1/2),
-    between "denoise" (f = 0, s << sigma_L) and "ode" (f -> 1/2, s >> sigma_L), and the ratio of e at two
-    levels P, L of one trajectory gives s without mu (`gauss_multistep.fit_width2`; s = inf: "ode", s = 0:
-    "denoise"). prev, last: (x, x0_hat, sigma) of the evaluations at P and L (VE units). Fine modes
-    (widths ~ sigma_L) are where this matters: six modes of width 0.025 at 20 UniPC calls: gap -0.25 nat
-    with "ode", -0.02 with this (exact PF-ODE map: -0.004; tests/test_samplers_extra.py); at 10 calls -1.02
-    and +0.15. Modes of width 0.25 do not move."""
-    k = fit_width2(prev, last).sqrt() / last[2]
-    f = (k * ((k * k + 1).sqrt() - k)).nan_to_num(nan=0.5).clamp(0.0, 0.5)  # k = inf: the limit 1/2
-    return d + (x_ve - d) * f.to(x_ve.dtype)
 
 
 # ============================================================================================
@@ -894,7 +878,7 @@ NAMES: dict[str, Callable] = {
     "langevin": langevin, "annealed_langevin": annealed_langevin,
     "euler_maruyama": euler_maruyama, "srk": srk, "pc": pc,
     "ode": ode, "heun": heun, "dpmpp_2m": dpmpp_2m, "dpmpp_3m": dpmpp_3m, "unipc": unipc,
-    "gauss_multistep": gauss_multistep,
+    "gauss_multistep": gauss_multistep, "split_multistep": split_multistep,
 }
 
 _SPECS: dict[str, _Spec] = {
@@ -911,6 +895,7 @@ _SPECS: dict[str, _Spec] = {
     "dpmpp_3m": _Spec(grid="logsnr"),
     "unipc": _Spec(grid="tuned"),
     "gauss_multistep": _Spec(grid="tuned"),
+    "split_multistep": _Spec(grid="tuned"),
 }
 
 _ADAPTIVE = {"ode"}  # samplers whose call count the solver decides
@@ -923,14 +908,14 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sampler: str = "ancestral", 
     """x_0 (N, ...) from `noise` (N, ...), a standard normal draw of the prior at the schedule's largest
     noise level (VP units; SDE samplers rescale it to their own prior, e.g. x_ve = x / sqrt(ab_T)).
 
-    sampler: one of NAMES; nfe: denoiser calls (default: the schedule's T; ignored by the adaptive "ode");
-    grid: override the sampler's default time grid (see `make_grid`); options go to the sampler
+    sampler: one of NAMES; nfe: denoiser calls (default: the schedule's T; ignored by the adaptive
+    "ode"); grid: override the sampler's default time grid (see `make_grid`); options go to the sampler
     (variance=, eta=, sde=, order=, snr=, final=, progress= (called once per call), trajectory=, ...).
     Defaults worth knowing: "ancestral" matches its kernel's second moment (variance="analytic", from batch
     statistics) unless the denoiser has a learned variance; "unipc" uses the "tuned" grid for the data's
-    dimension with the order it was tuned for; "gauss_multistep" (same grid) is the closer of the two at
-    about 10 calls in 64 or more dimensions, UniPC at 20 calls and in low dimension
-    (benchmarks/results/samplers_gauss_multistep.md)."""
+    dimension with the order it was tuned for; "gauss_multistep" and "split_multistep" (same grid) are
+    closer at about 10 calls, the first in 3 or more dimensions, the second in 2; UniPC at 20 calls
+    (benchmarks/results/samplers_gauss_multistep.md, samplers_auto.md)."""
     if sampler not in NAMES:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(NAMES)}")
     spec = _SPECS[sampler]

@@ -120,7 +120,8 @@ def test_same_seed_same_samples_and_other_seed_other_samples(name):
     a, b, c = (difflab.sample(den, noise, name, generator=torch.Generator().manual_seed(s), **kw)
                for s in (6, 6, 7))
     assert torch.equal(a, b)
-    deterministic = name in ("ddim", "ode", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "gauss_multistep")
+    deterministic = name in ("ddim", "ode", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "gauss_multistep",
+                             "split_multistep")
     assert torch.equal(a, c) == deterministic
 
 
@@ -139,6 +140,7 @@ QUALITY = [
     ("pc", 300, {"sde": "ve", "predictor": "euler_maruyama"}),
     ("ode", None, {}), ("heun", 41, {}), ("dpmpp_2m", 30, {}), ("dpmpp_3m", 30, {}),
     ("unipc", 10, {}), ("unipc", 20, {"order": 3}), ("gauss_multistep", 10, {}), ("gauss_multistep", 20, {}),
+    ("split_multistep", 10, {}), ("split_multistep", 20, {}),
 ]
 
 
