@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output .npz (a PNG grid is written beside it)")
     s.add_argument("--sampler", help="a name in difflab.samplers.NAMES: ancestral, ddim, langevin, "
                    "annealed_langevin, euler_maruyama, srk, pc, ode, heun, dpmpp_2m, dpmpp_3m, unipc, "
-                   "gauss_multistep (default: the run's)")
+                   "gauss_multistep, split_multistep; or auto, the closest measured for --nfe and the data's "
+                   "size (default: the run's)")
     s.add_argument("--nfe", type=_positive_int("--nfe"), help="network evaluations (default: T)")
     s.add_argument("--variance", choices=["small", "large", "analytic"],
                    help="ancestral variance: beta-tilde, beta, or analytic (second moment matched per batch)")

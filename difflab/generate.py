@@ -1,6 +1,7 @@
 """Drawing many samples from a trained run, in batches, reproducibly, and saving them."""
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -13,8 +14,8 @@ from .config import Config
 from .denoiser import Denoiser
 from .errors import UserError
 from .runs import to_data_units
+from .samplers import AUTO, alpha_bar_grid, auto_choice, sample
 from .samplers import NAMES as SAMPLERS
-from .samplers import alpha_bar_grid, sample
 
 __all__ = ["generate", "resolve_sampler", "save_npz", "check_writable"]
 
@@ -23,11 +24,13 @@ def resolve_sampler(cfg: Config, den: Denoiser, sampler: str | None, nfe: int | 
     """(sampler, nfe) with the run's defaults filled in and checked; sets the run's ancestral variance in
     `options` unless given."""
     sampler = sampler or cfg.sampler
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if sampler not in SAMPLERS and sampler != AUTO:
+        raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)} or {AUTO}")
     nfe = nfe or cfg.nfe or den.schedule.T
     if not 1 <= nfe <= den.schedule.T:
         raise UserError(f"--nfe must be between 1 and T={den.schedule.T}, got {nfe}")
+    if sampler == AUTO:
+        sampler = auto_choice(nfe, math.prod(cfg.data_shape))
     if sampler == "ancestral":
         options.setdefault("variance", cfg.variance)
     return sampler, nfe

@@ -93,7 +93,7 @@ def test_ve_run_trains_and_samples_with_every_sampler_from_the_cli(ve_run, tmp_p
     assert cfg.schedule == "ve" and den.schedule.name == "ve"
     sig_max = math.sqrt((1 - float(den.schedule.alpha_bars[-1])) / float(den.schedule.alpha_bars[-1]))
     assert sig_max == pytest.approx(50.0, rel=1e-9)
-    for name in NAMES:
+    for name in [*NAMES, "auto"]:
         out = tmp_path / f"{name}.npz"
         assert main(["sample", "--checkpoint", str(ve_run), "--n", "40", "--sampler", name, "--nfe", "12",
                      "--out", str(out), "--quiet"]) == 0, name

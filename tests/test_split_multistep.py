@@ -11,6 +11,7 @@ from scipy.integrate import quad
 import difflab
 from difflab import schedules
 from difflab.mixtures import GaussianMixture
+from difflab.samplers import auto_choice
 from difflab.split_multistep import lagrange_weights
 
 SCHED = schedules.linear(T=1000)
@@ -83,3 +84,14 @@ def test_each_idea_on_narrow_modes_against_the_exact_map(seed):
     assert run(reach=None)[1] > 0.03
     assert abs(run(switch_sigma=0.0)[0]) > 0.12
 
+
+@pytest.mark.parametrize("dim,nfe,expected", [(2, 10, "split_multistep"), (64, 10, "gauss_multistep"),
+                                              (64, 20, "unipc"), (2, 20, "unipc")])
+def test_auto_runs_the_sampler_measured_closest(dim, nfe, expected):
+    """sampler="auto" runs `auto_choice(nfe, dim)` (benchmarks/results/samplers_auto.md), the same samples."""
+    mu = torch.randn(2, dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    gm = GaussianMixture(torch.ones(2, dtype=torch.float64), mu, torch.full((2, dim), 0.3, dtype=torch.float64))
+    noise = torch.randn(50, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    den = gm.denoiser(SCHED)
+    assert auto_choice(nfe, dim) == expected
+    assert torch.equal(difflab.sample(den, noise, "auto", nfe=nfe), difflab.sample(den, noise, expected, nfe=nfe))
