@@ -17,6 +17,10 @@ the exact map (dgap = gap - gap of the map; mode_tv = mass moved between modes) 
 
 Run:  python benchmarks/samplers_gauss_multistep.py --sets 64d_n20000,64d,64d_digits,128d,256d,784d --part a
       python benchmarks/samplers_gauss_multistep.py --sets 2d_n40000,2d,4d,16d --part b     (~12 min each, one core)
+      python benchmarks/samplers_gauss_multistep.py --sets 8d,16d_s8_31,32d,32d_s8_31 --part c
+      python benchmarks/samplers_gauss_multistep.py --sets 3d --part d                      (~2 min each)
+      (the 3d .. 32d validation files: samplers_highdim_validation.py --dim 3 --seeds 0-23, --dim 8 --seeds 0-23,
+      --dim 16 --seeds 8-31 --tag s8_31, --dim 32, --dim 32 --seeds 8-31 --tag s8_31)
       python benchmarks/samplers_gauss_multistep.py --ablation        (~4 min)
       python benchmarks/samplers_gauss_multistep.py --report
 Writes benchmarks/results/samplers_gauss_multistep_<part>.json, and samplers_gauss_multistep.md from all parts.
@@ -44,8 +48,13 @@ RESULTS = HERE / "results"
 SETS = {  # label -> (stored validation json, mixture family)
     "2d_n40000": ("samplers_lowdim_validation_n40000.json", "2d"),
     "2d": ("samplers_lowdim_validation.json", "2d"),
+    "3d": ("samplers_highdim_validation_3d.json", "random"),
     "4d": ("samplers_highdim_validation_4d.json", "random"),
+    "8d": ("samplers_highdim_validation_8d.json", "random"),
     "16d": ("samplers_highdim_validation_16d.json", "random"),
+    "16d_s8_31": ("samplers_highdim_validation_16d_s8_31.json", "random"),
+    "32d": ("samplers_highdim_validation_32d.json", "random"),
+    "32d_s8_31": ("samplers_highdim_validation_32d_s8_31.json", "random"),
     "64d_n20000": ("samplers_highdim_validation_n20000.json", "random"),
     "64d": ("samplers_highdim_validation.json", "random"),
     "64d_digits": ("samplers_highdim_validation_digits.json", "digits"),

@@ -158,6 +158,8 @@ DIFFLAB = {  # label -> (sampler, options, smallest sensible nfe)
     "dpmpp_3m (logsnr)": ("dpmpp_3m", {}, 3),
     "unipc (tuned grid)": ("unipc", {}, 2),
     "gauss_multistep (tuned grid)": ("gauss_multistep", {}, 2),
+    "split_multistep (tuned grid)": ("split_multistep", {}, 2),
+    "auto": ("auto", {}, 1),
 }
 # At NFE 1000 only these run (each costs 1000 calls on n samples); see the report's note.
 AT_1000 = {"difflab": ["ancestral (default)", "ancestral (small)", "ancestral (large)", "ancestral (analytic)",
@@ -381,7 +383,9 @@ distribution. At NFE 20 UniPC sits on the exact map (SW2 0.08701 vs 0.0871, gap 
 LMS (0.08695, +0.008): a tie far below the noise floor (sd of SW2 0.025, of the gap 0.008), decided on SW2 by
 6e-5. So the 2-D check passes at 10 and is a coin toss at 20; on 21 other 2-D mixtures
 (benchmarks/results/samplers_lowdim_validation.md) UniPC's median distance to the exact map is 0.038 nat at
-NFE 10 and 0.013 at NFE 20 (diffusers' closest scheduler per mixture: 0.20 and 0.033).
+NFE 10 and 0.013 at NFE 20 (diffusers' closest scheduler per mixture: 0.20 and 0.033). split_multistep,
+what `sampler="auto"` runs for 10 calls in 2-D, scores SW2 0.0950 / gap +0.004 here at NFE 10 (PASS too); on
+those 21 mixtures at n = 40000 it passes 16 (UniPC 14; benchmarks/results/samplers_auto.md).
 
 Ancestral sampling at T = 1000 with beta-tilde (difflab "small", and diffusers' DDPM default, identical
 here) is +0.9 / +1.3 nat over-concentrated in 64-D: the Gaussian kernel drops c0^2 Cov(x0 | x_t), which
