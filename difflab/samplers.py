@@ -905,8 +905,9 @@ def auto_choice(nfe: int, dim: int) -> str:
     """The sampler that sampler="auto" runs for nfe calls on data of dim numbers per example (issue 5).
 
     Chosen on Gaussian mixtures against the exact PF-ODE map, the issue's judge
-    (benchmarks/results/samplers_auto.md): split_multistep for 9 .. 10 calls in 1 .. 2 dimensions,
-    gauss_multistep for 8 .. 12 calls in 3 or more, UniPC otherwise (fewer calls, 13 and more calls)."""
+    (benchmarks/results/samplers_auto.md, measured in 2 .. 64 dimensions at 5 .. 20 calls): split_multistep
+    for 9 .. 10 calls in 1 .. 2 dimensions, gauss_multistep for 8 .. 12 calls in 3 or more, UniPC otherwise
+    (fewer calls, where gauss_multistep's mean error has outliers; 13 and more calls)."""
     if dim <= 2 and 9 <= nfe <= 10:
         return "split_multistep"
     if dim >= 3 and 8 <= nfe <= 12:

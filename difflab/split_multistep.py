@@ -23,7 +23,7 @@ locally Gaussian data).
 Why: in two dimensions at 10 calls, the error of UniPC is dominated by samples that choose another mode
 than the exact flow's while sigma passes the distance between modes (benchmarks/samplers_error_origin.py).
 Both the limited extrapolation and the line in 1 / sigma at high noise reduce it; together, on the 21
-validation mixtures at n = 40000 (benchmarks/samplers_split_multistep.py), 16 beat every diffusers
+validation mixtures at n = 40000 (benchmarks/samplers_auto.py), 16 beat every diffusers
 scheduler (UniPC: 14), with a median error to the exact PF-ODE map of 0.025 nat (UniPC 0.041) and 1.0 % of
 the mass moved between modes (1.3 %). It uses UniPC's "tuned" grid: a 10-level 2-D grid optimised for this
 solver (Nelder-Mead, 250 evaluations on the 40 training mixtures of samplers_grid_tuning_lowdim.py) moved no
