@@ -52,7 +52,7 @@ def generate(cfg: Config, den: Denoiser, n: int, seed: int = 0, batch_size: int 
     out, frames = [], []
     n_batches = (n + batch_size - 1) // batch_size
     bar = tqdm(total=n_batches * len(alpha_bar_grid(den, nfe)) - n_batches, disable=not progress, unit="step",
-               desc="sample", file=sys.stderr, dynamic_ncols=True)
+               desc=f"sample ({sampler})", file=sys.stderr, dynamic_ncols=True)
     for b in range(n_batches):
         m = min(batch_size, n - b * batch_size)
         g = torch.Generator(device).manual_seed(seed * 1_000_003 + b)
