@@ -71,10 +71,16 @@ scheduler's on 4, |gap| on 14), 5 for the start (6, 11), 4 for W = 4 (7, 11), 5 
 passes 10. The switch trades mixtures (the distance is won more often, the log-density gap less: the wide grids'
 last levels 0.35 .. 0.08 leave narrow modes 0.1 .. 0.5 nat off, mostly over-concentrated), so it was not adopted.
 
+Sixth pass (measured, not adopted; `--split --maxfev 250`): split_multistep, the sampler `sampler="auto"` runs
+for 10 calls in 2-D, uses this table's chosen 10-level entry; Nelder-Mead from that entry for split_multistep
+lowers the training |error| a little but moves no level far (samplers_grid_tuning_lowdim_split.md), so the
+entry is shared.
+
 Run:  python benchmarks/samplers_grid_tuning_lowdim.py [--n 1500] [--seeds 1000-1039] [--optimise]
       [--weight W] [--from-chosen]
       python benchmarks/samplers_grid_tuning_lowdim.py --wide --n 8000 --weight 4   (and 10; ~20 min each)
       python benchmarks/samplers_grid_tuning_lowdim.py --wide-verdicts --n 40000       (needs both; ~13 min)
+      python benchmarks/samplers_grid_tuning_lowdim.py --split --maxfev 250             (~10 min)
       (~3 min, one core; --optimise adds ~10 min)
 Writes benchmarks/results/samplers_grid_tuning_lowdim.json and .md (--wide: samplers_grid_tuning_lowdim_wide_wW.json
 and .md; --wide-verdicts: samplers_grid_tuning_lowdim_wide_verdicts.json and .md).
@@ -194,17 +200,19 @@ class Problem:
         return cls(gm, torch.randn(n, gm.dim, generator=torch.Generator().manual_seed(77 + seed)), desc)
 
 
-    def error(self, sig, order):
-        """(log-density error, SW2 to the exact map's samples, fraction of samples in another mode)."""
-        x = difflab.sample(self.fast.denoiser(), self.noise, "unipc", grid=ab_of_sigmas(sig), order=order)
+    def error(self, sig, order, sampler="unipc"):
+        """(log-density error, SW2 to the exact map's samples, fraction of samples in another mode) of `sampler`
+        (UniPC of that order, or another sampler with its defaults) on grid sig."""
+        opts = {"order": order} if sampler == "unipc" else {}
+        x = difflab.sample(self.fast.denoiser(), self.noise, sampler, grid=ab_of_sigmas(sig), **opts)
         m = V.to_map(self.gm, self.judge, x, self.ref)
         return self.gm.log_prob(x.double()).mean().item() - self.ref_lp, m["sw2_to_map"], m["mode_swap"]
 
 
-def score(probs, sig, order) -> dict:
-    """UniPC on grid sig over the problems: per-problem arrays (errors, sw2_to_map, mode_swap) and their
-    summaries (mean / median / max |error|, mean error, mean / max SW2 to map, mean / max other mode)."""
-    err, sw_map, swap = np.array([p.error(sig, order) for p in probs]).T
+def score(probs, sig, order, sampler="unipc") -> dict:
+    """UniPC (or `sampler`) on grid sig over the problems: per-problem arrays (errors, sw2_to_map, mode_swap) and
+    their summaries (mean / median / max |error|, mean error, mean / max SW2 to map, mean / max other mode)."""
+    err, sw_map, swap = np.array([p.error(sig, order, sampler) for p in probs]).T
     return {"mean_abs_err": float(np.abs(err).mean()), "median_abs_err": float(np.median(np.abs(err))),
             "max_abs_err": float(np.abs(err).max()), "mean_err": float(err.mean()),
             "mean_sw2_to_map": float(sw_map.mean()), "max_sw2_to_map": float(sw_map.max()),
@@ -212,7 +220,7 @@ def score(probs, sig, order) -> dict:
             "errors": err.tolist(), "sw2_to_map": sw_map.tolist(), "mode_swap": swap.tolist()}
 
 
-def optimise(probs, start, order=2, weight=1.0, maxfev=400, penalty=None):
+def optimise(probs, start, order=2, weight=1.0, maxfev=400, penalty=None, sampler="unipc"):
     """Nelder-Mead over the interior log-sigmas of a grid (sigma_max fixed): minimises mean |error| + weight *
     mean SW2 to map over `probs` (+ penalty(sigmas) if given). start: the sigmas, sigma_max first. Returns the
     best sigmas found."""
@@ -224,7 +232,7 @@ def optimise(probs, start, order=2, weight=1.0, maxfev=400, penalty=None):
         return np.r_[S_MAX, np.exp(np.sort(v)[::-1])]
 
     def f(v):
-        sc = score(probs, sig(v), order)
+        sc = score(probs, sig(v), order, sampler)
         val = sc["mean_abs_err"] + weight * sc["mean_sw2_to_map"] + (penalty(sig(v)) if penalty else 0.0)
         if not math.isfinite(val):  # a diverged sampler
             val = math.inf
@@ -322,6 +330,31 @@ def wide_verdicts(a):
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
+def split_pass(a):
+    """Sixth pass (measured, not adopted): the chosen 10-level entry optimised for split_multistep (Nelder-Mead
+    from it, mean |error| + weight x mean SW2 to map, on the training mixtures)."""
+    probs = [Problem.from_seed(s, a.n) for s in V.parse_seeds(a.seeds)]
+    grids = {"chosen 10-level entry": chosen_sigmas(10)}
+    grids["optimised for split_multistep"] = optimise(probs, grids["chosen 10-level entry"], weight=a.weight,
+                                                      maxfev=a.maxfev, sampler="split_multistep")
+    rows = {k: {"sigmas": [float(v) for v in g], **score(probs, g, 2, "split_multistep")} for k, g in grids.items()}
+    out = HERE / "results" / "samplers_grid_tuning_lowdim_split.json"
+    out.write_text(json.dumps({"n": a.n, "seeds": a.seeds, "weight": a.weight, "maxfev": a.maxfev, "rows": rows},
+                              indent=1))
+    lines = ["# split_multistep on the chosen 10-level 2-D grid and on a grid optimised for it", "",
+             f"Generated by `benchmarks/samplers_grid_tuning_lowdim.py --split` (training mixtures {a.seeds}, n = "
+             f"{a.n}, Nelder-Mead {a.maxfev} evaluations on mean |error| + {a.weight:g} x mean SW2 to map).", "",
+             "| grid | sigmas | mean abs error | median | max | SW2 to map mean / max | other mode mean / max |",
+             "|---|---|---|---|---|---|---|"]
+    for k, r in rows.items():
+        lines.append(f"| {k} | {', '.join(f'{v:.4g}' for v in r['sigmas'])} | {r['mean_abs_err']:.4f} | "
+                     f"{r['median_abs_err']:.4f} | {r['max_abs_err']:.3f} | {r['mean_sw2_to_map']:.4f} / "
+                     f"{r['max_sw2_to_map']:.3f} | {100 * r['mean_mode_swap']:.2f} / "
+                     f"{100 * r['max_mode_swap']:.1f} % |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1500)
@@ -337,8 +370,11 @@ def main():
     ap.add_argument("--wide-above", type=float, default=2.2, help="--wide: RMS scale of its training mixtures")
     ap.add_argument("--wide-count", type=int, default=16)
     ap.add_argument("--maxfev", type=int, default=200)
+    ap.add_argument("--split", action="store_true", help="sixth pass: a grid for split_multistep (not adopted)")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    if a.split:
+        return split_pass(a)
     if a.wide:
         return wide_pass(a)
     if a.wide_verdicts:
