@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +33,7 @@ import torch
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 import samplers_gauss_multistep as G  # noqa: E402
-import samplers_lowdim_validation as V  # noqa: E402
-import samplers_vs_diffusers as B  # noqa: E402
 
-import difflab  # noqa: E402
 from difflab.samplers import auto_choice  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -45,28 +41,8 @@ SAMPLERS = ("unipc", "gauss_multistep", "split_multistep")
 
 
 def run_set(label: str, nfes: list[int]) -> list[dict]:
-    path, family = G.SETS[label]
-    out = []
-    for res in json.loads((RESULTS / path).read_text()):
-        t0 = time.time()
-        gm, n = G.mixture(res, family), res["n"]
-        noise = torch.randn(n, gm.dim, generator=torch.Generator().manual_seed(1))
-        judge = B.Judge(gm, n, n_floor=1)
-        ref = V.exact_map(gm, noise)
-        _, gap_ref = judge(ref)
-        row = {"mixture": res["mixture"], "dim": gm.dim, "n": n, "rows": {}}
-        for nfe in nfes:
-            best = V.best_diffusers(res, nfe) if nfe in (10, 20) else None
-            for name in SAMPLERS:
-                x = difflab.sample(B.FastExactMixture(gm).denoiser(), noise, name, nfe=nfe)
-                sw, gap = judge(x)
-                r = {"sw2": sw, "gap": gap, "dgap": gap - gap_ref, **V.to_map(gm, judge, x, ref)}
-                if best is not None:
-                    r["pass"] = V.beats(r, *best)
-                row["rows"][f"{name}@{nfe}"] = r
-        out.append(row)
-        print(f"  {label} {res['mixture']} ({time.time() - t0:.0f}s)", flush=True)
-    return out
+    """The three samplers with their defaults at each nfe on one stored set (`samplers_gauss_multistep.run_set`)."""
+    return G.run_set(label, {name: (name, {}) for name in SAMPLERS}, nfes)
 
 
 def report(allres: dict):

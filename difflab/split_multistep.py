@@ -104,23 +104,21 @@ def split_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
         return predict_at(denoiser, (x_ve * math.sqrt(levels[i])).to(dtype), levels[i], progress)[0].double()
 
     x = x.double() / math.sqrt(levels[0])
-    hist = [(sig[0], den(x, 0))]  # (sigma, x0_hat) of every evaluation, newest last
-    evals = [(x, hist[0][1], sig[0])]  # (x where evaluated, x0_hat, sigma) of the last two, for the final step
+    evals = [(x, den(x, 0), sig[0])]  # (x where evaluated, x0_hat there, sigma) of the last two evaluations
     for i in range(len(levels) - 1):
         s_i, s_j = sig[i], sig[i + 1]
         kind = "u" if s_i > switch_sigma else "log"
         u_i = 1.0 / s_i
-        x_new = _step(x, u_i, hist[::-1][:2], s_j, kind, reach)
+        nodes = [(s, d) for _, d, s in reversed(evals)]  # (sigma, x0_hat), this level first
+        x_new = _step(x, u_i, nodes, s_j, kind, reach)
         d_new = den(x_new, i + 1)
         if corrector:
-            n_old = 1 if kind == "u" else 2
-            x = _step(x, u_i, [(s_j, d_new)] + hist[::-1][:n_old], s_j, kind)
+            x = _step(x, u_i, [(s_j, d_new)] + nodes[:1 if kind == "u" else 2], s_j, kind)
         else:
             x = x_new
-        hist = (hist + [(s_j, d_new)])[-2:]
         evals = (evals + [(x_new, d_new, s_j)])[-2:]
         if trajectory is not None:
             trajectory.append((x * math.sqrt(levels[i + 1])).to(dtype))
     if len(evals) < 2:  # one level: nothing to fit, the ODE's Euler step in sigma^2
-        return (0.5 * (x + hist[-1][1])).to(dtype)
-    return gauss_final(x, hist[-1][1], *evals).to(dtype)
+        return (0.5 * (x + evals[0][1])).to(dtype)
+    return gauss_final(x, evals[-1][1], *evals).to(dtype)

@@ -1,5 +1,7 @@
 """The command line: bad input gives one line on stderr, exit 2, and loses nothing; good input works."""
+import argparse
 import os
+import re
 import subprocess
 import sys
 
@@ -39,6 +41,18 @@ def digits_run(tmp_path_factory):
 def test_python_dash_m_and_help():
     r = subprocess.run([sys.executable, "-m", "difflab", "--help"], capture_output=True, text=True, env=ENV)
     assert r.returncode == 0 and "train" in r.stdout and "sample" in r.stdout and "demo" in r.stdout
+
+
+def test_sample_help_names_every_sampler():
+    """`difflab sample --sampler`'s help lists the samplers by hand (the parser does not import torch): it must
+    name every entry of difflab.samplers.NAMES, and auto."""
+    from difflab.cli import build_parser
+    from difflab.samplers import AUTO, NAMES
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    sampler_help = next(a.help for a in sub.choices["sample"]._actions if a.dest == "sampler")
+    words = set(re.findall(r"\w+", sampler_help))
+    missing = [name for name in [*NAMES, AUTO] if name not in words]
+    assert not missing, missing
 
 
 def test_sample_writes_npz_and_grid_and_is_reproducible(digits_run, tmp_path, capsys):
