@@ -1,5 +1,5 @@
-"""How the low-dimensional "tuned" grids of difflab's UniPC (samplers._TUNED["low"], data of dimension <= 8)
-were chosen (issue 5), and a rerunnable check of that choice.
+"""How the low-dimensional "tuned" grids of difflab's UniPC (samplers._TUNED["low"], data of dimension <= 8, and
+_TUNED["2d"]) were chosen (issue 5), and a rerunnable check of that choice.
 
 The 64-D tables (benchmarks/samplers_grid_tuning.py) are tuned on Gaussian scales; in 2-D the error of a
 10- or 20-call sampler is dominated by the mixture itself (samples choosing their mode while sigma passes
@@ -98,7 +98,13 @@ between modes in 3, 4 and 8 dimensions (the 3 .. 8-D validation sets use this ta
 0.0227 -> 0.0219, 0.0135 -> 0.0138 nat, PASS unchanged: samplers_auto.py --part a, b). The 15 .. 19-level grids
 resample this entry; at 15, 17 and 19 levels the resampled new entry has the lower SW2 to map (0.062 -> 0.049, 0.043
 -> 0.033, 0.036 -> 0.026) and mass moved between modes (0.41 -> 0.37, 0.23 -> 0.18, 0.16 -> 0.11 %) on the same
-mixtures (scratch).
+mixtures (scratch). The same for the 14-level entry (`--fourteen --n 3000 --weight 3 --maxfev 300`, order 2, from
+the second pass's grid; samplers_grid_tuning_lowdim_14.md): on the 21 validation mixtures at n = 40000 |error|
+median 0.066 -> 0.020 nat, mean 0.079 -> 0.038, SW2 to map 0.071 -> 0.055, mass moved between modes 0.53 -> 0.54 %
+(12 levels, the entry resampled: 0.085 -> 0.029 nat, SW2 to map 0.092 -> 0.079, 0.84 -> 0.90 %). In 3 .. 8
+dimensions it moved more mass between modes (3-D 0.71 -> 0.92 %, 4-D 0.48 -> 0.59 %, 8-D 0.51 -> 0.57 %) and 8-D's
+median |error| rose (0.062 -> 0.078), so it is a 2-D entry (samplers._TUNED["2d"]) and 3 .. 8-D keep the second
+pass's.
 
 Run:  python benchmarks/samplers_grid_tuning_lowdim.py [--n 1500] [--seeds 1000-1039] [--optimise]
       [--weight W] [--from-chosen]
@@ -106,10 +112,11 @@ Run:  python benchmarks/samplers_grid_tuning_lowdim.py [--n 1500] [--seeds 1000-
       python benchmarks/samplers_grid_tuning_lowdim.py --wide-verdicts --n 40000       (needs both; ~13 min)
       python benchmarks/samplers_grid_tuning_lowdim.py --split --maxfev 250             (~10 min)
       python benchmarks/samplers_grid_tuning_lowdim.py --twenty --n 3000 --weight 3 --maxfev 300   (~15 min)
+      python benchmarks/samplers_grid_tuning_lowdim.py --fourteen --n 3000 --weight 3 --maxfev 300 (~10 min)
       (~3 min, one core; --optimise adds ~10 min)
 Writes benchmarks/results/samplers_grid_tuning_lowdim.json and .md (--wide: samplers_grid_tuning_lowdim_wide_wW.json
-and .md; --wide-verdicts: samplers_grid_tuning_lowdim_wide_verdicts.json and .md; --twenty:
-samplers_grid_tuning_lowdim_20.json and .md).
+and .md; --wide-verdicts: samplers_grid_tuning_lowdim_wide_verdicts.json and .md; --twenty, --fourteen:
+samplers_grid_tuning_lowdim_20.json, _14.json and .md).
 """
 from __future__ import annotations
 
@@ -139,6 +146,8 @@ PREVIOUS_10 = [17.04, 5.931, 2.262, 1.157, 0.5685, 0.2477, 0.128, 0.0557, 0.0266
 SPREAD_10 = np.r_[S_MAX, S._SPREAD_10[1]]  # the 10-level entry before the third pass (sigma_max first)
 PREVIOUS_20 = np.r_[S_MAX, 45.0, 18.0, 8.0, 4.2, 3.04, 2.201, 1.593, 1.153, 0.835, 0.6044, 0.4376, 0.3168, 0.2293,
                     0.166, 0.1202, 0.08699, 0.06297, 0.04559, 0.033]  # the 20-level entry before the seventh pass
+PREVIOUS_14 = np.r_[S_MAX, 40.0, 14.0, 6.0, 3.0, 1.857, 1.149, 0.7114, 0.4403, 0.2725, 0.1687, 0.1044, 0.06462,
+                    0.04]  # the 14-level entry before the seventh pass (3 .. 8-D keep it)
 
 
 def band(n, hi, lo, tops=()):
@@ -383,24 +392,25 @@ def split_pass(a):
     print("\n".join(lines))
 
 
-def twenty_pass(a):
-    """Seventh pass (adopted): Nelder-Mead over the 19 levels of the 20-level entry (order 4) from the second
-    pass's grid (PREVIOUS_20), mean |error| + weight x mean SW2 to map on the training mixtures."""
+def entry_pass(a, levels, order, previous, label):
+    """Seventh pass (adopted): Nelder-Mead over the levels of the `levels`-level entry (UniPC of `order`) from the
+    entry before (`previous`, sigma_max first), mean |error| + weight x mean SW2 to map on the training mixtures;
+    writes samplers_grid_tuning_lowdim_<levels>.json and .md."""
     probs = [Problem.from_seed(s, a.n) for s in V.parse_seeds(a.seeds)]
-    grids = {"second pass (sigma_max, 45, 18, 8, 4.2 .. 0.033)": PREVIOUS_20,
-             f"optimised, weight {a.weight:g}": optimise(probs, PREVIOUS_20, order=4, weight=a.weight,
+    grids = {label: previous,
+             f"optimised, weight {a.weight:g}": optimise(probs, previous, order=order, weight=a.weight,
                                                         maxfev=a.maxfev),
-             "chosen table": chosen_sigmas(20)}
-    rows = {k: {"sigmas": [float(v) for v in g], **score(probs, g, 4), "gaussian_gaps": gaussian_gaps(g, 4)}
+             "chosen table (2-D)": chosen_sigmas(levels)}
+    rows = {k: {"sigmas": [float(v) for v in g], **score(probs, g, order), "gaussian_gaps": gaussian_gaps(g, order)}
             for k, g in grids.items()}
-    out = HERE / "results" / "samplers_grid_tuning_lowdim_20.json"
+    out = HERE / "results" / f"samplers_grid_tuning_lowdim_{levels}.json"
     out.write_text(json.dumps({"n": a.n, "seeds": a.seeds, "weight": a.weight, "maxfev": a.maxfev, "rows": rows},
                               indent=1))
-    lines = ["# The 20-level 2-D UniPC grid (order 4): the second pass's grid and Nelder-Mead from it", "",
-             f"Generated by `benchmarks/samplers_grid_tuning_lowdim.py --twenty` (training mixtures {a.seeds}, n = "
-             f"{a.n}, Nelder-Mead {a.maxfev} evaluations on mean |error| + {a.weight:g} x mean SW2 to map). The "
-             "chosen table is the optimised grid rounded to 4 digits. Gaussian: max |gap| of N(0, s^2 I), s in "
-             f"{SCALES.tolist()}.", "",
+    lines = [f"# The {levels}-level 2-D UniPC grid (order {order}): the entry before and Nelder-Mead from it", "",
+             f"Generated by `benchmarks/samplers_grid_tuning_lowdim.py --{'twenty' if levels == 20 else 'fourteen'}` "
+             f"(training mixtures {a.seeds}, n = {a.n}, Nelder-Mead {a.maxfev} evaluations on mean |error| + "
+             f"{a.weight:g} x mean SW2 to map). The chosen table is the optimised grid rounded to 4 digits. "
+             f"Gaussian: max |gap| of N(0, s^2 I), s in {SCALES.tolist()}.", "",
              "| grid | sigmas | mean abs error | median | max | SW2 to map mean / max | other mode mean / max | "
              "Gaussian max abs gap |", "|---|---|---|---|---|---|---|---|"]
     for k, r in rows.items():
@@ -410,7 +420,6 @@ def twenty_pass(a):
                      f"{100 * r['max_mode_swap']:.1f} % | {max(map(abs, r['gaussian_gaps'])):.4f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
 
 def main():
     ap = argparse.ArgumentParser()
@@ -429,12 +438,15 @@ def main():
     ap.add_argument("--maxfev", type=int, default=200)
     ap.add_argument("--split", action="store_true", help="sixth pass: a grid for split_multistep (not adopted)")
     ap.add_argument("--twenty", action="store_true", help="seventh pass: the 20-level entry (adopted)")
+    ap.add_argument("--fourteen", action="store_true", help="seventh pass: the 14-level 2-D entry (adopted)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     if a.split:
         return split_pass(a)
     if a.twenty:
-        return twenty_pass(a)
+        return entry_pass(a, 20, 4, PREVIOUS_20, "second pass (sigma_max, 45, 18, 8, 4.2 .. 0.033)")
+    if a.fourteen:
+        return entry_pass(a, 14, 2, PREVIOUS_14, "second pass (sigma_max, 40, 14, 6, 3 .. 0.04)")
     if a.wide:
         return wide_pass(a)
     if a.wide_verdicts:

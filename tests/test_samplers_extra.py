@@ -139,7 +139,8 @@ QUALITY = [
     ("pc", 300, {"sde": "vp"}), ("pc", 300, {"sde": "subvp"}),
     ("pc", 300, {"sde": "ve", "predictor": "euler_maruyama"}),
     ("ode", None, {}), ("heun", 41, {}), ("dpmpp_2m", 30, {}), ("dpmpp_3m", 30, {}),
-    ("unipc", 10, {}), ("unipc", 20, {"order": 3}), ("gauss_multistep", 10, {}), ("gauss_multistep", 20, {}),
+    ("unipc", 10, {}), ("unipc", 14, {}), ("unipc", 20, {}), ("unipc", 20, {"order": 3}),
+    ("gauss_multistep", 10, {}), ("gauss_multistep", 20, {}),
     ("split_multistep", 10, {}), ("split_multistep", 20, {}),
 ]
 
