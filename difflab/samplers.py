@@ -120,7 +120,8 @@ def _grid_karras(schedule, n, rho=7.0):
 
 
 # The "tuned" grid: sigma_max, then the levels below (VE sigmas, schedule-free), for the default UniPC
-# of the given order, one table for high-dimensional data (D > 8) and one for low-dimensional data.
+# of the given order, one table for high-dimensional data (D > 8) and one for low-dimensional data
+# ("2d": entries that replace "low"'s for 2-D data).
 # "high" was found by benchmarks/samplers_grid_tuning.py (rerun it to regenerate the table and its
 # per-problem errors), minimising UniPC's log-density error, exactly computable and data-free, on
 #   - Gaussian data N(m, s^2) at 17 scales s in [0.03, 4] (the PF-ODE is linear: output variance known),
@@ -180,7 +181,7 @@ def _resample(sig: list[float], n: int) -> torch.Tensor:
 
 
 _SPREAD_10 = (2, [16.04, 6.205, 2.606, 1.425, 0.7519, 0.356, 0.1965, 0.09294, 0.04779])  # "high"; "low" before
-_TUNED: dict[str, dict[int, tuple[int, list[float]]]] = {  # "high"/"low" -> n -> (order, sigma_1..)
+_TUNED: dict[str, dict[int, tuple[int, list[float]]]] = {  # "high"/"low"/"2d" -> n -> (order, sigma_1..)
     "high": {
         5: (2, [4.283, 1.065, 0.1835, 0.0402]),
         6: (2, [5.049, 1.651, 0.3118, 0.1135, 0.0326]),
