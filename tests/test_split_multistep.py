@@ -85,7 +85,8 @@ def test_each_idea_on_narrow_modes_against_the_exact_map(seed):
     assert abs(run(switch_sigma=0.0)[0]) > 0.12
 
 
-@pytest.mark.parametrize("dim,nfe,expected", [(2, 10, "split_multistep"), (64, 10, "gauss_multistep"),
+@pytest.mark.parametrize("dim,nfe,expected", [(2, 10, "split_multistep"), (2, 12, "split_multistep"),
+                                              (2, 14, "unipc"), (64, 10, "gauss_multistep"),
                                               (64, 20, "unipc"), (2, 20, "unipc")])
 def test_auto_runs_the_sampler_measured_closest(dim, nfe, expected):
     """sampler="auto" runs `auto_choice(nfe, dim)` (benchmarks/results/samplers_auto.md), the same samples."""
