@@ -10,13 +10,13 @@ and, at 10 and 20 calls where the validation files hold diffusers' rows, the iss
 below every diffusers scheduler's). The table marks the sampler `difflab.samplers.auto_choice` picks.
 
 The rule was chosen from these tables (and the 2-D training mixtures of samplers_grid_tuning_lowdim.py):
-split_multistep only in 2-D at 9 .. 10 calls (the 10-level "low" grid was optimised for UniPC and the
-split solver gains on it; elsewhere in 2-D it is not clearly better), gauss_multistep at 8 .. 12 calls
-from 3 dimensions up, UniPC for the rest.
+split_multistep only in 2-D at 9 .. 12 calls (the 10-level "low" grid was optimised for UniPC and the
+split solver gains on it, and on the 2-D grid resampled from the 14-level entry at 11 and 12 calls; elsewhere
+in 2-D it is not clearly better), gauss_multistep at 8 .. 12 calls from 3 dimensions up, UniPC for the rest.
 
 Run:  python benchmarks/samplers_auto.py --sets 2d,3d,4d --part a
       python benchmarks/samplers_auto.py --sets 8d,16d_s8_31,64d --part b      (~15 min each, one core)
-      python benchmarks/samplers_auto.py --sets 2d_n40000 --nfe 10,20 --part c  (~10 min)
+      python benchmarks/samplers_auto.py --sets 2d_n40000 --nfe 10,11,12,20 --part c  (~15 min)
       python benchmarks/samplers_auto.py --report
 Writes benchmarks/results/samplers_auto_<part>.json, and samplers_auto.md from all parts.
 """
