@@ -38,28 +38,30 @@ RESULTS = HERE / "results"
 LABELS = {name: (name, {}) for name in ("unipc", "split_multistep", "gauss_multistep", "auto")}
 
 
-def ring(k: int, radius: float, std: float) -> GaussianMixture:
-    """k equal modes on a circle."""
+def ring(k: int, radius: float, std: float) -> tuple[GaussianMixture, str]:
+    """k equal modes on a circle, and a description."""
     a = torch.arange(k, dtype=torch.float64) * 2 * math.pi / k
     mu = torch.stack([radius * a.cos(), radius * a.sin()], 1)
-    return GaussianMixture(torch.ones(k, dtype=torch.float64), mu, torch.full((k, 2), std, dtype=torch.float64))
+    gm = GaussianMixture(torch.ones(k, dtype=torch.float64), mu, torch.full((k, 2), std, dtype=torch.float64))
+    return gm, f"{k} on a circle of radius {radius:g} ({2 * radius * math.sin(math.pi / k):.2f} apart), std {std:g}"
 
 
-def grid(m: int, spacing: float, std: float) -> GaussianMixture:
-    """m x m equal modes on a square grid, centred."""
+def grid(m: int, spacing: float, std: float) -> tuple[GaussianMixture, str]:
+    """m x m equal modes on a square grid, centred, and a description."""
     i = torch.arange(m, dtype=torch.float64) * spacing
     mu = torch.cartesian_prod(i, i)
-    return GaussianMixture(torch.ones(m * m, dtype=torch.float64), mu - mu.mean(0),
-                           torch.full((m * m, 2), std, dtype=torch.float64))
+    gm = GaussianMixture(torch.ones(m * m, dtype=torch.float64), mu - mu.mean(0),
+                         torch.full((m * m, 2), std, dtype=torch.float64))
+    return gm, f"{m} x {m} grid, {spacing:g} apart, std {std:g}"
 
 
 TOYS = {  # name -> (mixture, description)
-    "ring8 narrow": (ring(8, 2.0, 0.02), "8 on a circle of radius 2 (1.53 apart), std 0.02"),
-    "ring8": (ring(8, 2.0, 0.1), "8 on a circle of radius 2, std 0.1"),
-    "ring8 wide": (ring(8, 4.0, 0.3), "8 on a circle of radius 4 (3.06 apart), std 0.3"),
-    "grid25 narrow": (grid(5, 2.0, 0.05), "5 x 5 grid, 2 apart, std 0.05"),
-    "grid25": (grid(5, 2.0, 0.1), "5 x 5 grid, 2 apart, std 0.1"),
-    "grid9": (grid(3, 1.0, 0.05), "3 x 3 grid, 1 apart, std 0.05"),
+    "ring8 narrow": ring(8, 2.0, 0.02),
+    "ring8": ring(8, 2.0, 0.1),
+    "ring8 wide": ring(8, 4.0, 0.3),
+    "grid25 narrow": grid(5, 2.0, 0.05),
+    "grid25": grid(5, 2.0, 0.1),
+    "grid9": grid(3, 1.0, 0.05),
 }
 
 

@@ -47,25 +47,28 @@ def stored_sets() -> dict[str, tuple[str, list[dict]]]:
     return out
 
 
-def cell(rows: list[dict], nfe: int) -> tuple[str, str]:
-    """(auto's pick, 'PASS a/k (map m), median |dgap| x nat, tv y %') for one stored set."""
+def cell(rows: list[dict], nfe: int) -> str:
+    """'pick: PASS a/k (map m), median |dgap| x nat, tv y %' for one set, pick = auto's sampler there."""
     pick = auto_choice(nfe, rows[0]["dim"])
     r = [row["rows"][f"{pick}@{nfe}"] for row in rows]
-    k = len(rows)
     n_map = sum(row["rows"][f"exact map@{nfe}"]["pass"] for row in rows)
     d = np.abs([v["dgap"] for v in r])
-    return pick, (f"{sum(v['pass'] for v in r)}/{k} (map {n_map}), {np.median(d):.3f} nat, "
-                  f"{100 * np.mean([v['mode_tv'] for v in r]):.2f} %")
+    return (f"{pick}: {sum(v['pass'] for v in r)}/{len(rows)} (map {n_map}), {np.median(d):.3f} nat, "
+            f"{100 * np.mean([v['mode_tv'] for v in r]):.2f} %")
 
 
-def toys_cells(allres: list[dict], nfe: int) -> tuple[str, str]:
-    """The same cell for the classic toys (stored in samplers_lowdim_validation's format)."""
-    pick = auto_choice(nfe, allres[0]["dim"])
-    v = [V.verdict(res, nfe, "auto")[1] for res in allres]
-    d = np.abs([x["dgap"] for x in v])
-    n_map = sum(V.map_passes(res, nfe) for res in allres)
-    return pick, (f"{sum(V.verdict(res, nfe, 'auto')[0] for res in allres)}/{len(allres)} (map {n_map}), "
-                  f"{np.median(d):.3f} nat, {100 * np.mean([x['mode_tv'] for x in v]):.2f} %")
+def toys_rows(allres: list[dict]) -> list[dict]:
+    """samplers_classic_toys.json (samplers_lowdim_validation's format) in the format of the stored sets."""
+    out = []
+    for res in allres:
+        rows = {}
+        for nfe in NFES:
+            rows[f"exact map@{nfe}"] = {"pass": V.map_passes(res, nfe)}
+            for r in res["rows"]:
+                if r["lib"] == "difflab" and r["nfe_target"] == nfe:
+                    rows[f"{r['method']}@{nfe}"] = {**r, "pass": V.verdict(res, nfe, r["method"])[0]}
+        out.append({"dim": res["dim"], "n": res["n"], "rows": rows})
+    return out
 
 
 def main():
@@ -75,18 +78,18 @@ def main():
              "`auto` runs there; PASS count (SW2 and |gap| below every diffusers scheduler's) with the exact PF-ODE "
              "map's own count; median |dgap| (the error to the exact map of the same noise); mean mass moved between "
              "modes against the exact map.", "",
-             "| set | dim | mixtures | n | NFE 10 | NFE 20 | source |", "|---|---|---|---|---|---|---|"]
+             "| set | dim | mixtures | n | " + " | ".join(f"NFE {k}" for k in NFES) + " | source |",
+             "|---" * (5 + len(NFES)) + "|"]
     sets = stored_sets()
     for label, (src, rows) in sorted(sets.items(), key=lambda kv: (kv[1][1][0]["dim"], kv[0])):
-        cells = ["{}: {}".format(*cell(rows, nfe)) for nfe in NFES]
-        lines.append(f"| {label} | {rows[0]['dim']} | {len(rows)} | {rows[0]['n']} | {cells[0]} | {cells[1]} | "
-                     f"`{src}` |")
+        cells = " | ".join(cell(rows, k) for k in NFES)
+        lines.append(f"| {label} | {rows[0]['dim']} | {len(rows)} | {rows[0]['n']} | {cells} | `{src}` |")
     toys = RESULTS / "samplers_classic_toys.json"
     if toys.exists():
-        allres = json.loads(toys.read_text())
-        cells = ["{}: {}".format(*toys_cells(allres, nfe)) for nfe in NFES]
-        lines.append(f"| classic toys (rings of 8, grids of 9 and 25) | 2 | {len(allres)} | {allres[0]['n']} | "
-                     f"{cells[0]} | {cells[1]} | `{toys.name}` |")
+        rows = toys_rows(json.loads(toys.read_text()))
+        cells = " | ".join(cell(rows, k) for k in NFES)
+        lines.append(f"| classic toys (rings of 8, grids of 9 and 25) | 2 | {len(rows)} | {rows[0]['n']} | {cells} | "
+                     f"`{toys.name}` |")
     lines += ["", "Reading: where the map's own count is below the set's size, the true set's noise decides the "
               "rest (the lowest of eleven diffusers values falls below the exact answer); the gap between auto's "
               "count and the map's is what a better solver could still win. dgap is that error without the noise."]
