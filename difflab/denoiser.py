@@ -64,6 +64,22 @@ class Denoiser:
         return cls(fn, schedule, "eps", clip)
 
     @classmethod
+    def from_diffusers(cls, unet: Callable, schedule: Schedule, prediction_type: str = "epsilon",
+                       clip=None) -> Denoiser:
+        """Wrap a diffusers-style model unet(x_t, timestep (N,)) -> output (or output.sample), trained on
+        `schedule` with 0-based steps (e.g. `schedules.from_betas(scheduler.betas)`): each alpha_bar is sent
+        as the fractional timestep `schedule.timestep(alpha_bar)`, so every difflab sampler and grid can
+        drive it. prediction_type: diffusers' name, "epsilon", "sample" or "v_prediction"."""
+        kinds = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+        if prediction_type not in kinds:
+            raise ValueError(f"prediction_type must be one of {', '.join(kinds)}, got {prediction_type!r}")
+
+        def fn(x, alpha_bar):
+            out = unet(x, schedule.timestep(alpha_bar).to(device=x.device, dtype=torch.float32))
+            return getattr(out, "sample", out).to(x.dtype)
+        return cls(fn, schedule, kinds[prediction_type], clip)
+
+    @classmethod
     def from_network(cls, net: torch.nn.Module, schedule: Schedule, parameterization: str = "eps",
                      clip=None, labels: torch.Tensor | None = None, variance_type: str | None = None) -> Denoiser:
         """Wrap a difflab network net(x, c[, y]) conditioned on noise_level_input(alpha_bar).

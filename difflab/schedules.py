@@ -93,6 +93,18 @@ class Schedule:
         w = pos - lo
         return torch.exp(log_ab[lo] * (1 - w) + log_ab[lo + 1] * w)
 
+    def timestep(self, alpha_bar) -> torch.Tensor:
+        """The 0-based step index t with alpha_bars[t] = alpha_bar, fractional between steps (log alpha_bar
+        interpolated linearly), clamped to [0, T - 1]: the timestep of a model trained on this table with
+        0-based steps, such as a diffusers UNet (its alphas_cumprod[t] is difflab's alpha_bars[t], the
+        noise level of step t + 1). (N,) alpha_bar -> (N,) float64."""
+        a = torch.as_tensor(alpha_bar, dtype=torch.float64).reshape(-1)
+        neg_log = -torch.log(self.alpha_bars)  # increasing in t
+        q = -torch.log(a)
+        hi = torch.searchsorted(neg_log, q).clamp(1, self.T - 1)
+        w = (q - neg_log[hi - 1]) / (neg_log[hi] - neg_log[hi - 1])
+        return ((hi - 1).double() + w).clamp(0.0, self.T - 1.0)
+
     def discretise(self, T: int) -> Schedule:
         """The same continuous schedule on T steps: alpha_bar_k = alpha_bar(k / T)."""
         ab = self.alpha_bar(torch.arange(0, T + 1, dtype=torch.float64) / T)
