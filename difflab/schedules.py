@@ -99,7 +99,9 @@ class Schedule:
         0-based steps, such as a diffusers UNet (its alphas_cumprod[t] is difflab's alpha_bars[t], the
         noise level of step t + 1). (N,) alpha_bar -> (N,) float64."""
         a = torch.as_tensor(alpha_bar, dtype=torch.float64).reshape(-1)
-        neg_log = -torch.log(self.alpha_bars)  # increasing in t
+        if self.T == 1:
+            return torch.zeros_like(a)
+        neg_log = -torch.log(self.alpha_bars).to(a.device)  # increasing in t
         q = -torch.log(a)
         hi = torch.searchsorted(neg_log, q).clamp(1, self.T - 1)
         w = (q - neg_log[hi - 1]) / (neg_log[hi] - neg_log[hi - 1])
