@@ -243,14 +243,20 @@ def test_unipc_twenty_calls_send_each_sample_to_the_exact_maps_mode_on_a_wide_2d
     assert elsewhere["unipc"] < 0.015 and elsewhere["dpmpp_2m"] > 0.02, elsewhere
 
 
+def benchmark_ring():
+    """The benchmark's 2-D mixture (samplers_vs_diffusers.py "2d"): 8 modes of std 0.25 on a circle of radius 3,
+    weights 1 .. 8."""
+    ang = torch.arange(8, dtype=torch.float64) * 2 * math.pi / 8
+    return GaussianMixture(torch.arange(1, 9, dtype=torch.float64), torch.stack([3 * ang.cos(), 3 * ang.sin()], 1),
+                           torch.full((8, 2), 0.25, dtype=torch.float64))
+
+
 def test_unipc_ten_calls_on_the_2d_ring_stay_near_the_exact_map():
     """The benchmark's 2-D ring (8 modes of std 0.25, radius 3): the 10-level low-dimensional grid (optimised on
     40 other 2-D mixtures, benchmarks/samplers_grid_tuning_lowdim.py --optimise) keeps the mean log-density
     within 0.04 nat of the exact PF-ODE map of the same noise. Measured on noise seeds 0 / 1 / 2: -0.023 /
     -0.016 / -0.002; the previous grid (samplers._SPREAD_10) -0.089 / -0.099 / -0.082 (over-concentrated)."""
-    ang = torch.arange(8, dtype=torch.float64) * 2 * math.pi / 8
-    gm = GaussianMixture(torch.arange(1, 9, dtype=torch.float64), torch.stack([3 * ang.cos(), 3 * ang.sin()], 1),
-                         torch.full((8, 2), 0.25, dtype=torch.float64))
+    gm = benchmark_ring()
     den = gm.fast_denoiser(SCHED)
     noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     lp = lambda x: gm.log_prob(x.double()).mean().item()  # noqa: E731
@@ -269,9 +275,7 @@ def test_the_tuned_solvers_keep_their_accuracy_on_other_schedules(schedule):
     same schedule (measured on noise seed 0, cosine / sigmoid: at most 0.030 / 0.030 nat; linear 0.027).
     DPM-Solver++(2M) on its default log-SNR grid spends its levels up there: -2.67 / -0.90 nat at 10 calls
     (linear -0.43)."""
-    ang = torch.arange(8, dtype=torch.float64) * 2 * math.pi / 8
-    gm = GaussianMixture(torch.arange(1, 9, dtype=torch.float64), torch.stack([3 * ang.cos(), 3 * ang.sin()], 1),
-                         torch.full((8, 2), 0.25, dtype=torch.float64))
+    gm = benchmark_ring()
     den = gm.fast_denoiser(schedules.by_name(schedule))
     noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     lp = lambda x: gm.log_prob(x.double()).mean().item()  # noqa: E731
