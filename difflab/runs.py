@@ -66,7 +66,7 @@ def normalise(cfg: Config, ds) -> Config:
         fields["data_std"] = x.std(0).clamp(min=1e-8).tolist()
     if cfg.net == "unet" and ds.kind == "vector":
         fields["net"] = "mlp"
-        fields["net_config"] = {}
+        fields["net_config"] = {"skip": True}  # see difflab.nets.MLP
     return replace(cfg, **fields)
 
 
