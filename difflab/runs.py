@@ -1,6 +1,7 @@
 """A run: its config, its network and schedule, and loading a trained model back as a Denoiser."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import replace
 
 import torch
@@ -64,9 +65,12 @@ def normalise(cfg: Config, ds) -> Config:
         x = ds.x.double()
         fields["data_mean"] = x.mean(0).tolist()
         fields["data_std"] = x.std(0).clamp(min=1e-8).tolist()
-    if cfg.net == "unet" and ds.kind == "vector":
+    if cfg.net == "unet" and ds.kind == "vector":  # the default net; vectors get the MLP
         fields["net"] = "mlp"
-        fields["net_config"] = {"skip": True}  # see difflab.nets.MLP
+        mlp_keys = set(inspect.signature(nets.MLP).parameters)
+        # a net_config written for the MLP (a config file without `net = "mlp"`) is kept; a U-Net's is dropped
+        kept = cfg.net_config if set(cfg.net_config) <= mlp_keys else {}
+        fields["net_config"] = {"skip": True, **kept}  # skip: see difflab.nets.MLP
     return replace(cfg, **fields)
 
 

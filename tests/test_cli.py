@@ -162,6 +162,23 @@ def test_yaml_config_equals_toml_config(tmp_path):
     assert a == b and a.lr == 0.0005 and a.schedule == "cosine" and a.net_config == {"hidden": 64, "depth": 2}
 
 
+def test_vector_data_keeps_a_config_files_mlp_settings_and_gets_the_skip(tmp_path):
+    """Without a preset the default net is the U-Net; vector data switches it to the MLP. A net_config
+    written for the MLP (no `net = "mlp"` in the file) must survive that switch (it used to be dropped
+    silently), a U-Net's must not reach the MLP, and new vector runs get the MLP's skip."""
+    import json
+    (tmp_path / "m.toml").write_text("[net_config]\nhidden = 32\ndepth = 1\nskip = false\n")
+    cases = [(["--config", str(tmp_path / "m.toml")], {"hidden": 32, "depth": 1, "skip": False}),
+             (["--preset", "digits"], {"skip": True}),
+             ([], {"hidden": 256, "depth": 4, "skip": True})]
+    for i, (extra, want) in enumerate(cases):
+        run = tmp_path / f"r{i}"
+        assert main(["train", "--data", "toy:moons", "--out", str(run), "--steps", "2", "--batch-size", "16",
+                     "--quiet", *extra]) == 0
+        cfg = json.loads((run / "config.json").read_text())
+        assert cfg["net"] == "mlp" and cfg["net_config"] == want, (extra, cfg["net_config"])
+
+
 def test_resume_with_minutes_replaces_a_step_budget(tmp_path):
     import json
     run = tmp_path / "r"
