@@ -40,8 +40,9 @@ class MLP(nn.Module):
     The output LayerNorm bounds |F|, so without it an eps-prediction saturates for inputs beyond the
     training range (|x| > ~3.5 at high noise, where the target eps ~ x): x0_hat = (x - sqrt(1 - ab) eps_hat)
     / sqrt(ab) then grows like sigma and the PF-ODE throws those samples far out. With g ~ 1 there the net
-    extrapolates linearly, as the exact eps of any bounded data does. Off by default so that runs saved
-    before it rebuild unchanged; the presets switch it on.
+    extrapolates linearly, as the exact eps of any bounded data does (benchmarks/results/mlp_skip.md). Off by
+    default so that runs saved before it rebuild unchanged; the toy preset and vector runs without a preset
+    switch it on (difflab.runs.normalise).
     """
 
     def __init__(self, dim: int, hidden: int = 256, depth: int = 4, num_classes: int | None = None,
