@@ -124,7 +124,7 @@ _UNET_DIGITS = dict(base_channels=32, channel_mult=[1, 2], num_res_blocks=1, att
 PRESETS: dict[str, dict] = {
     "digits": dict(data="digits", net="unet", net_config=_UNET_DIGITS, batch_size=128, lr=1e-3,
                    warmup=100, ema_decay=0.999, steps=4000, checkpoint_every=500, nfe=100),
-    "toy": dict(data="toy:moons", net="mlp", net_config=dict(hidden=256, depth=4, skip=True), batch_size=512,
+    "toy": dict(data="toy:moons", net="mlp", net_config=dict(hidden=256, depth=4), batch_size=512,
                 lr=1e-3, warmup=100, ema_decay=0.995, steps=5000, checkpoint_every=1000),
     "mnist": dict(data="mnist:data/mnist", net="unet",
                   net_config=dict(base_channels=64, channel_mult=[1, 2, 2], num_res_blocks=2,

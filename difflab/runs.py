@@ -65,12 +65,15 @@ def normalise(cfg: Config, ds) -> Config:
         x = ds.x.double()
         fields["data_mean"] = x.mean(0).tolist()
         fields["data_std"] = x.std(0).clamp(min=1e-8).tolist()
-    if cfg.net == "unet" and ds.kind == "vector":  # the default net; vectors get the MLP
-        fields["net"] = "mlp"
-        mlp_keys = set(inspect.signature(nets.MLP).parameters)
-        # a net_config written for the MLP (a config file without `net = "mlp"`) is kept; a U-Net's is dropped
-        kept = cfg.net_config if set(cfg.net_config) <= mlp_keys else {}
-        fields["net_config"] = {"skip": True, **kept}  # skip: see difflab.nets.MLP
+    from .families import is_family
+    if ds.kind == "vector" and not is_family(cfg.model):  # vectors get the MLP
+        net_config = dict(cfg.net_config)
+        if cfg.net == "unet":  # the default net: a U-Net's net_config is dropped, one written for the MLP kept
+            fields["net"] = "mlp"
+            if not set(net_config) <= set(inspect.signature(nets.MLP).parameters):
+                net_config = {}
+        net_config.setdefault("skip", True)  # new runs get the MLP's skip (difflab.nets.MLP) unless told not to
+        fields["net_config"] = net_config
     return replace(cfg, **fields)
 
 

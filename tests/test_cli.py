@@ -168,7 +168,9 @@ def test_vector_data_keeps_a_config_files_mlp_settings_and_gets_the_skip(tmp_pat
     silently), a U-Net's must not reach the MLP, and new vector runs get the MLP's skip."""
     import json
     (tmp_path / "m.toml").write_text("[net_config]\nhidden = 32\ndepth = 1\nskip = false\n")
+    (tmp_path / "n.toml").write_text('net = "mlp"\n[net_config]\nhidden = 32\n')
     cases = [(["--config", str(tmp_path / "m.toml")], {"hidden": 32, "depth": 1, "skip": False}),
+             (["--config", str(tmp_path / "n.toml")], {"hidden": 32, "skip": True}),
              (["--preset", "digits"], {"skip": True}),
              ([], {"hidden": 256, "depth": 4, "skip": True})]
     for i, (extra, want) in enumerate(cases):

@@ -41,8 +41,8 @@ class MLP(nn.Module):
     training range (|x| > ~3.5 at high noise, where the target eps ~ x): x0_hat = (x - sqrt(1 - ab) eps_hat)
     / sqrt(ab) then grows like sigma and the PF-ODE throws those samples far out. With g ~ 1 there the net
     extrapolates linearly, as the exact eps of any bounded data does (benchmarks/results/mlp_skip.md). Off by
-    default so that runs saved before it rebuild unchanged; the toy preset and vector runs without a preset
-    switch it on (difflab.runs.normalise).
+    default so that runs saved before it rebuild unchanged; every new vector run switches it on unless its
+    net_config says skip = false (difflab.runs.normalise).
     """
 
     def __init__(self, dim: int, hidden: int = 256, depth: int = 4, num_classes: int | None = None,
@@ -84,5 +84,4 @@ class MLP(nn.Module):
         out = self.output(F.silu(self.out_norm(h)))
         if self.skip_gain is None:
             return out
-        lin = self.skip_gain(emb) * x.to(out.dtype)
-        return out + lin if self.out_dim == self.dim else torch.cat([out[:, :self.dim] + lin, out[:, self.dim:]], 1)
+        return out + F.pad(self.skip_gain(emb) * x.to(out.dtype), (0, self.out_dim - self.dim))
