@@ -249,12 +249,13 @@ def _refined_band(n: int, log_s_max: float) -> torch.Tensor:
     With one step from sigma_max (157 on the linear schedule) to the band top (20), the grid never resolves
     the noisiest decade, where an exact denoiser is linear in x but a trained one is not: a learned eps off by
     e(sigma) there moves x_ve by the integral of e over (20, 157), which a single evaluation at sigma_max misses.
-    UniPC's error to the PF-ODE map of the demo's digits U-Net then stayed at 0.022 per pixel from 50 to 100
-    calls (0.003 refined), a moons MLP kept 1.5 % of its samples > 0.5 from the map (none refined), and a
-    Gaussian with a smooth eps error above sigma 5 stayed 1.4e-2 off at 200 calls (8e-5 refined;
-    benchmarks/results/samplers_trained_*.md, tests/test_samplers_extra.py). Exact 2-D mixtures (21, n = 40000):
-    30 levels |error| median 0.004 -> 0.027 nat, 50: 0.001 -> 0.007 nat, 100: 0.000 -> 0.001 nat, SW2 to the
-    exact map at 100 levels 0.013 -> 0.005, mass moved between modes 0.027 -> 0.005 %."""
+    UniPC's error to the PF-ODE map of the demo's digits U-Net then stayed at 0.022 per pixel at 50 and 100 calls
+    (refined: 0.0028 / 0.0035), a moons MLP kept 1.5-1.7 % of its samples > 0.5 from its map at 30-100 calls
+    (refined: 0.24 % at 30, none at 50 and 100), and a Gaussian with a smooth eps error above sigma 5 stayed
+    1.4e-2 off at 30-200 calls (refined: 3.1e-3 at 30, 6.4e-5 at 200; benchmarks/results/samplers_trained_*.md,
+    tests/test_samplers_extra.py). Exact 2-D mixtures (21, n = 40000) gain too: SW2 to the exact map at 30 / 50 /
+    100 levels 0.020 / 0.014 / 0.013 -> 0.016 / 0.004 / 0.000, mass moved between modes 0.050 / 0.029 / 0.027 ->
+    0.040 / 0.004 / 0.000 %; median |error| 0.004 -> 0.006 nat at 30 levels, below 0.001 from 50."""
     top, lo = math.log(_band_top(n)), math.log(_BAND[0])
     a, b = log_s_max - top, top - lo
     k = 1 if a <= 0 else max(1, round(a / (_TOP_STEP * (a / _TOP_STEP + b) / (n - 1))))
