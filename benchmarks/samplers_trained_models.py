@@ -40,6 +40,7 @@ import torch
 import difflab
 from difflab import data
 from difflab import metrics as M
+from difflab.evaluator import judge
 from difflab.feature_net import load_classifier, shipped_for
 from difflab.runs import load_run, to_data_units
 
@@ -64,10 +65,8 @@ class Model:
 
     def __init__(self, run: str):
         self.cfg, _, self.den = load_run(run)
-        self.calls = 0
 
     def eps(self, x: torch.Tensor, ab: float) -> torch.Tensor:
-        self.calls += 1
         with torch.inference_mode():
             return self.den.eps(x.float(), torch.full((len(x),), ab, dtype=torch.float64))
 
@@ -81,25 +80,21 @@ class DigitsScorer:
             raise SystemExit("the shipped digits classifier is missing (difflab/weights)")
         self.net = load_classifier(path)[0]
         ds = data.load("digits")
-        real = ds.x  # data units: pixels in [-1, 1], as the model sees them
-        fr = self.feat(real)[0]
+        fr = self.feat(ds.x)  # data units: pixels in [-1, 1], as the model sees them
         self.ref = M.gaussian_stats(fr)
         rng = np.random.default_rng(0)
         self.floor = [M.frechet_distance(*M.gaussian_stats(fr[rng.integers(0, len(fr), n)]), *self.ref)
                       for _ in range(5)]
 
-    def feat(self, x_pm1: torch.Tensor):
+    def feat(self, x_pm1: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            x01 = ((x_pm1.float().clamp(-1, 1) + 1) / 2)
-            f = torch.cat([self.net.features(x01[i:i + 500]) for i in range(0, len(x01), 500)])
-            p = torch.softmax(self.net.head(f), 1)
-        return f.double().numpy(), p.double().numpy()
+            x01 = data.to_unit(x_pm1.float(), "image")
+            return torch.cat([self.net.features(x01[i:i + 500]) for i in range(0, len(x01), 500)]).double().numpy()
 
     def __call__(self, x: torch.Tensor) -> dict:
-        f, p = self.feat(x)
-        hist = np.bincount(p.argmax(1), minlength=10) / len(p)
-        return {"fd": M.frechet_distance(*M.gaussian_stats(f), *self.ref),
-                "conf": float((p.max(1) >= 0.9).mean()), "tv": float(0.5 * np.abs(hist - 0.1).sum())}
+        j = judge(self.net, data.to_unit(x.float(), "image"))  # the judge of benchmarks/judge_digits.py
+        return {"fd": M.frechet_distance(*M.gaussian_stats(self.feat(x)), *self.ref),
+                "conf": j["conf_rate"], "tv": j["tv_uniform"]}
 
     def floor_line(self) -> str:
         f = self.floor
@@ -146,7 +141,7 @@ def main():
         Path(a.report).with_suffix(".md").write_text(report(res))
         return
     torch.manual_seed(0)
-    import samplers_vs_diffusers as svd  # noqa: E402  (same folder; its diffusers driver and NFE counting)
+    import samplers_vs_diffusers as svd  # same folder: its diffusers driver and NFE counting
 
     model = Model(a.run)
     if model.cfg.schedule != "linear" or model.cfg.T != svd.T:

@@ -224,11 +224,14 @@ def _table(dim):
     return {**_TUNED["low"], **_TUNED["2d"]} if dim <= 2 else _TUNED["low"]
 
 
-def _tuned_entry(n, dim=None):
-    """(order, interior log-sigmas (n - 1,)) for n levels, interpolating the table when n is not in it."""
+def _tuned_entry(n, dim=None, s_max: float | None = None):
+    """(order, interior log-sigmas (n - 1,)) for n levels, interpolating the table when n is not in it;
+    beyond the table the log-uniform band, its top refined from _REFINE_FROM levels when s_max is given."""
     table = _table(dim)
     if n > max(table):
         lo, order = _BAND
+        if s_max is not None and n >= _REFINE_FROM:
+            return order, _refined_band(n, math.log(s_max))
         return order, torch.linspace(math.log(_band_top(n)), math.log(lo), n - 1, dtype=torch.float64)
     if n in table:
         order, sig = table[n]
@@ -258,21 +261,19 @@ def _refined_band(n: int, log_s_max: float) -> torch.Tensor:
     0.040 / 0.004 / 0.000 %; median |error| 0.004 -> 0.006 nat at 30 levels, below 0.001 from 50."""
     top, lo = math.log(_band_top(n)), math.log(_BAND[0])
     a, b = log_s_max - top, top - lo
-    k = 1 if a <= 0 else max(1, round(a / (_TOP_STEP * (a / _TOP_STEP + b) / (n - 1))))
+    k = 1 if a <= 0 else max(1, round((n - 1) * a / (a + _TOP_STEP * b)))  # k steps above, n - 1 - k below
     above = torch.linspace(log_s_max, top, k + 1, dtype=torch.float64)[1:-1]
     return torch.cat([above, torch.linspace(top, lo, n - k, dtype=torch.float64)])
 
 
 def _grid_tuned(schedule, n, dim=None):
-    """sigma_max, then the tuned levels for n (see _TUNED) and the data dimension, clipped to the range;
-    from _REFINE_FROM levels the log-uniform band with its top refined (`_refined_band`)."""
+    """sigma_max, then the tuned levels for n (see _TUNED, `_tuned_entry`) and the data dimension, clipped to
+    the range."""
     lo, hi = _range(schedule)
     s_max, s_min = _sig(lo), _sig(hi)
     if n < 3:
         return _grid_logsnr(schedule, n)
-    _, log_sig = _tuned_entry(n, dim)
-    if n >= _REFINE_FROM and n > max(_table(dim)):
-        log_sig = _refined_band(n, math.log(s_max))
+    _, log_sig = _tuned_entry(n, dim, s_max)
     sig = torch.cat([torch.tensor([s_max], dtype=torch.float64), log_sig.exp().clamp(s_min, s_max)])
     if not bool((sig[:-1] > sig[1:]).all()):  # a schedule too narrow for the table
         return _grid_logsnr(schedule, n)
