@@ -12,6 +12,7 @@ from .compiling import maybe_compile
 from .config import Config
 from .denoiser import Denoiser
 from .errors import UserError
+from .nets.embeddings import NOISE_EMBEDDING_SCALE
 
 __all__ = ["build_net", "build_schedule", "normalise", "check_compatible", "load_run", "to_data_units",
            "RESUMABLE_KEYS"]
@@ -66,14 +67,18 @@ def normalise(cfg: Config, ds) -> Config:
         fields["data_mean"] = x.mean(0).tolist()
         fields["data_std"] = x.std(0).clamp(min=1e-8).tolist()
     from .families import is_family
-    if ds.kind == "vector" and not is_family(cfg.model):  # vectors get the MLP
-        net_config = dict(cfg.net_config)
+    if is_family(cfg.model):
+        return replace(cfg, **fields)
+    net_config = dict(cfg.net_config)
+    if ds.kind == "vector":  # vectors get the MLP
         if cfg.net == "unet":  # the default net: a U-Net's net_config is dropped, one written for the MLP kept
             fields["net"] = "mlp"
             if not set(net_config) <= set(inspect.signature(nets.MLP).parameters):
                 net_config = {}
         net_config.setdefault("skip", True)  # new runs get the MLP's skip (difflab.nets.MLP) unless told not to
-        fields["net_config"] = net_config
+    # new runs embed the noise level smoothly (nets.embeddings.TimeEmbedding) unless told otherwise
+    net_config.setdefault("emb_scale", NOISE_EMBEDDING_SCALE)
+    fields["net_config"] = net_config
     return replace(cfg, **fields)
 
 

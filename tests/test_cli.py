@@ -165,14 +165,17 @@ def test_yaml_config_equals_toml_config(tmp_path):
 def test_vector_data_keeps_a_config_files_mlp_settings_and_gets_the_skip(tmp_path):
     """Without a preset the default net is the U-Net; vector data switches it to the MLP. A net_config
     written for the MLP (no `net = "mlp"` in the file) must survive that switch (it used to be dropped
-    silently), a U-Net's must not reach the MLP, and new vector runs get the MLP's skip."""
+    silently), a U-Net's must not reach the MLP, and new vector runs get the MLP's skip and the smooth noise
+    embedding unless the file says otherwise."""
     import json
-    (tmp_path / "m.toml").write_text("[net_config]\nhidden = 32\ndepth = 1\nskip = false\n")
+
+    from difflab.nets.embeddings import NOISE_EMBEDDING_SCALE as s
+    (tmp_path / "m.toml").write_text("[net_config]\nhidden = 32\ndepth = 1\nskip = false\nemb_scale = 1.0\n")
     (tmp_path / "n.toml").write_text('net = "mlp"\n[net_config]\nhidden = 32\n')
-    cases = [(["--config", str(tmp_path / "m.toml")], {"hidden": 32, "depth": 1, "skip": False}),
-             (["--config", str(tmp_path / "n.toml")], {"hidden": 32, "skip": True}),
-             (["--preset", "digits"], {"skip": True}),
-             ([], {"hidden": 256, "depth": 4, "skip": True})]
+    cases = [(["--config", str(tmp_path / "m.toml")], {"hidden": 32, "depth": 1, "skip": False, "emb_scale": 1.0}),
+             (["--config", str(tmp_path / "n.toml")], {"hidden": 32, "skip": True, "emb_scale": s}),
+             (["--preset", "digits"], {"skip": True, "emb_scale": s}),
+             ([], {"hidden": 256, "depth": 4, "skip": True, "emb_scale": s})]
     for i, (extra, want) in enumerate(cases):
         run = tmp_path / f"r{i}"
         assert main(["train", "--data", "toy:moons", "--out", str(run), "--steps", "2", "--batch-size", "16",

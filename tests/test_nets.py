@@ -251,12 +251,12 @@ def test_mlp_skip_starts_as_the_plain_net_and_old_configs_rebuild_without_it():
         MLP(4, out_dim=2, skip=True)
 
 
-def _train_eps_net(skip: bool, steps: int = 400):
+def _train_eps_net(skip: bool, steps: int = 400, emb_scale: float = 1.0):
     """An eps-MLP trained on N(m, 0.25 I) in 2-D under the linear schedule (T = 1000)."""
     from difflab import schedules
     from difflab.denoiser import noise_level_input
     torch.manual_seed(0)
-    net = MLP(2, hidden=64, depth=2, skip=skip)
+    net = MLP(2, hidden=64, depth=2, skip=skip, emb_scale=emb_scale)
     ab_all = schedules.linear(T=1000).alpha_bars.float()
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(0)
@@ -326,3 +326,49 @@ def test_resblock_keeps_the_embedding_through_group_norm():
         with torch.no_grad():
             d = (block(x, e1) - block(x, e2)).abs().max().item()
         assert d > 1e-3, (ch, d)
+
+
+def test_noise_embedding_scale_rescales_the_noise_level_and_old_configs_rebuild_without_it():
+    torch.manual_seed(0)
+    a = TimeEmbedding(16, 32)
+    b = TimeEmbedding(16, 32, scale=0.02)
+    b.load_state_dict(a.state_dict())
+    c = torch.rand(7) * 1000
+    torch.testing.assert_close(b(c), a(c * 0.02))
+    old_mlp, old_unet = MLP(3, hidden=32, depth=1), UNet(base_channels=32, channel_mult=(1, 2), image_size=8)
+    assert "emb_scale" not in old_mlp.config and "emb_scale" not in old_unet.config  # runs saved before it
+    for make in (lambda **k: MLP(3, hidden=32, depth=1, **k),
+                 lambda **k: UNet(base_channels=32, channel_mult=(1, 2), image_size=8, **k)):
+        net = make(emb_scale=0.02)
+        assert net.config["emb_scale"] == 0.02
+        again = type(net)(**net.config)
+        again.load_state_dict(net.state_dict())
+        x = torch.randn(2, 3) if isinstance(net, MLP) else torch.randn(2, 1, 8, 8)
+        cc = torch.tensor([10.0, 900.0])
+        torch.testing.assert_close(again.eval()(x, cc), net.eval()(x, cc))
+        plain = make()
+        plain.load_state_dict(net.state_dict())  # same weights, scale 1: the net at c x 0.02
+        torch.testing.assert_close(plain.eval()(x, cc * 0.02), net(x, cc))
+
+
+def test_a_smooth_noise_embedding_makes_the_trained_eps_smooth_in_the_noise_level():
+    """Oracle: the exact eps of N(m, 0.25 I), smooth in t. With scale 1 (DDPM's timestep embedding) the trained
+    eps wobbles from one timestep to the next at high noise (second differences ~300x the scaled net's); with
+    NOISE_EMBEDDING_SCALE it does not, and it is as close to the exact eps."""
+    from difflab.denoiser import noise_level_input
+    from difflab.nets.embeddings import NOISE_EMBEDDING_SCALE
+    z = torch.randn(300, 2, generator=torch.Generator().manual_seed(5))
+    rough, err = {}, {}
+    for scale in (1.0, NOISE_EMBEDDING_SCALE):
+        net, ab_all, m = _train_eps_net(skip=True, emb_scale=scale)
+        with torch.no_grad():
+            ab = ab_all[700:1000].double()
+            e = torch.stack([net(z, noise_level_input(torch.full((300,), float(a)))).double() for a in ab])
+        exact = (1 - ab).sqrt()[:, None, None] * (z.double() - ab.sqrt()[:, None, None] * m.double()) \
+            / (0.25 * ab + 1 - ab)[:, None, None]
+        second = lambda v: (v[2:] - 2 * v[1:-1] + v[:-2]).pow(2).mean().sqrt()  # noqa: E731
+        rough[scale], err[scale] = float(second(e)), float((e - exact).pow(2).mean().sqrt())
+        assert float(second(exact)) < 1e-5
+    assert rough[NOISE_EMBEDDING_SCALE] < rough[1.0] / 20, rough
+    assert rough[NOISE_EMBEDDING_SCALE] < 1e-4, rough
+    assert err[NOISE_EMBEDDING_SCALE] < 1.5 * err[1.0], err

@@ -43,10 +43,14 @@ class MLP(nn.Module):
     extrapolates linearly, as the exact eps of any bounded data does (benchmarks/results/mlp_skip.md). Off by
     default so that runs saved before it rebuild unchanged; every new vector run switches it on unless its
     net_config says skip = false (difflab.runs.normalise).
+
+    emb_scale: the noise level enters the sinusoidal embedding as emb_scale x c (`TimeEmbedding`); 1 keeps runs
+    saved before it as they were, new runs get `NOISE_EMBEDDING_SCALE` (difflab.runs.normalise).
     """
 
     def __init__(self, dim: int, hidden: int = 256, depth: int = 4, num_classes: int | None = None,
-                 dropout: float = 0.0, out_dim: int | None = None, norm: bool = True, skip: bool = False):
+                 dropout: float = 0.0, out_dim: int | None = None, norm: bool = True, skip: bool = False,
+                 emb_scale: float = 1.0):
         super().__init__()
         out_dim = out_dim or dim
         if skip and out_dim < dim:
@@ -55,8 +59,10 @@ class MLP(nn.Module):
                            out_dim=out_dim, norm=norm)
         if skip:  # only when set, so that the configs of earlier runs stay as they were
             self.config["skip"] = True
+        if emb_scale != 1.0:  # likewise (TimeEmbedding's scale; new runs: runs.normalise)
+            self.config["emb_scale"] = float(emb_scale)
         self.dim, self.out_dim, self.num_classes = dim, out_dim, num_classes
-        self.time_embed = TimeEmbedding(hidden, hidden)
+        self.time_embed = TimeEmbedding(hidden, hidden, scale=emb_scale)
         self.label_embed = LabelEmbedding(num_classes, hidden) if num_classes is not None else None
         self.input = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(_Block(hidden, hidden, dropout, norm) for _ in range(depth))

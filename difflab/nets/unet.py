@@ -270,6 +270,8 @@ class UNet(nn.Module):
             same dropout masks): same outputs and gradients, 9% more forward+backward time (measured at 8x8,
             batch 128, one CPU thread). Where lean_training (below, automatic for large CPU batches) is on it
             saves little more (32x32-rgb, batch 128: peak RSS 1593 MiB against 1619 MiB; benchmarks/speed.py).
+        emb_scale: the noise level enters the sinusoidal embedding as emb_scale x c (`TimeEmbedding`); 1 keeps
+            runs saved before it as they were, new runs get `NOISE_EMBEDDING_SCALE` (difflab.runs.normalise).
 
     Attribute lean_training (True / False / None = automatic): memory-lean training Functions, see below.
 
@@ -279,7 +281,8 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int = 1, out_channels: int | None = None, base_channels: int = 64,
                  channel_mult=(1, 2), num_res_blocks: int = 2, attention_resolutions=(4,),
                  dropout: float = 0.1, num_heads: int = 1, num_classes: int | None = None,
-                 image_size: int | None = None, groups: int = 32, recompute_activations: bool = False):
+                 image_size: int | None = None, groups: int = 32, recompute_activations: bool = False,
+                 emb_scale: float = 1.0):
         super().__init__()
         channel_mult = tuple(int(m) for m in channel_mult)
         attention_resolutions = tuple(int(r) for r in attention_resolutions)
@@ -291,6 +294,8 @@ class UNet(nn.Module):
                            attention_resolutions=list(attention_resolutions), dropout=dropout,
                            num_heads=num_heads, num_classes=num_classes, image_size=image_size, groups=groups,
                            recompute_activations=recompute_activations)
+        if emb_scale != 1.0:  # only when set, so that the configs of earlier runs stay as they were
+            self.config["emb_scale"] = float(emb_scale)
         self.in_channels, self.out_channels, self.num_classes = in_channels, out_channels, num_classes
         self.factor = 2 ** (len(channel_mult) - 1)
         if image_size is not None and image_size % self.factor:
@@ -301,7 +306,7 @@ class UNet(nn.Module):
         self.attention_levels = [i for i, s in enumerate(sizes) if s in attention_resolutions]
 
         emb_dim = 4 * base_channels
-        self.time_embed = TimeEmbedding(base_channels, emb_dim)
+        self.time_embed = TimeEmbedding(base_channels, emb_dim, scale=emb_scale)
         self.label_embed = LabelEmbedding(num_classes, emb_dim) if num_classes is not None else None
 
         def res(i, o):
