@@ -12,7 +12,8 @@ This trains moons MLPs (linear schedule, T = 1000, skip on, `--steps`) for each 
                           300 .. 599, at 500 fixed inputs (the exact eps of any data is smooth in t: ~0);
     ode_calls             calls of the adaptive PF-ODE map (RK45, rtol = atol = 1e-6) for n noise draws;
     sw2                   sliced W2 (data units) of that map's samples to 20000 fresh moons draws (the model's
-                          quality, free of solver error); floor: n other fresh draws;
+                          quality, free of solver error); floor: n other fresh draws (both as
+                          samplers_trained_models.ToyScorer scores them);
     <sampler>@<nfe>       RMS per coordinate to that map of the same noise (the solver's error on this
                           network): difflab's auto, unipc, gauss_multistep; diffusers' LMS and DPM++2M Karras
                           when diffusers is installed (driven as in samplers_vs_diffusers.py).
@@ -33,13 +34,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import samplers_trained_models as T  # same folder: the run's model, the PF-ODE reference, the toy's SW2
 import torch
 
 import difflab
-from difflab import data
-from difflab import metrics as M
 from difflab.cli import main as cli
-from difflab.runs import load_run, to_data_units
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DIFFLAB = ("auto", "unipc", "gauss_multistep")
@@ -68,46 +67,38 @@ def roughness(den, t_lo: int, t_hi: int) -> float:
     return float((e[2:] - 2 * e[1:-1] + e[:-2]).pow(2).mean().sqrt())
 
 
-def diffusers_runner():
+def diffusers_driver():
+    """samplers_vs_diffusers (same folder) when diffusers is installed, else None: difflab's samplers only."""
     try:
         import samplers_vs_diffusers as svd
-    except ImportError:  # diffusers missing: difflab's samplers only
+    except ImportError:
         return None
-
-    def run(label, den, noise, nfe):
-        class Model:
-            def eps(self, x, ab):
-                with torch.inference_mode():
-                    return den.eps(x.float(), torch.full((len(x),), ab, dtype=torch.float64))
-        cls, extra = svd.diffusers_schedulers()[label]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return svd.run_diffusers(cls, extra, Model(), noise, svd.steps_for(cls, extra, nfe))[0]
-    return run
+    return svd
 
 
 def score(run_dir: Path, n: int, nfes: list[int]) -> dict:
-    cfg, _, den = load_run(str(run_dir))
+    model = T.Model(str(run_dir))  # the run's denoiser, with the .eps the diffusers driver calls
+    den = model.den
     noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
     row = {"rough_hi": roughness(den, 700, 1000), "rough_mid": roughness(den, 300, 600)}
-    t0, calls0 = time.time(), den.nfe
-    with torch.inference_mode():
-        ref = difflab.sample(den, noise, "ode", rtol=1e-6, atol=1e-6)
-    row.update(ode_calls=den.nfe - calls0, ode_seconds=time.time() - t0)
-    true = data.load(cfg.data, n=20000, seed=12345).x.double().numpy()
-    dirs = M.random_directions(256, 2, seed=0)
-    row["sw2"] = M.sliced_w2(to_data_units(ref, cfg).double().numpy(), true, dirs)
-    row["sw2_floor"] = float(np.mean([M.sliced_w2(data.load(cfg.data, n=n, seed=s).x.numpy(), true, dirs)
-                                      for s in range(3)]))
+    t0 = time.time()
+    ref, row["ode_calls"] = T.pf_ode_map(den, noise)
+    row["ode_seconds"] = time.time() - t0
+    toy = T.ToyScorer(model.cfg, n)  # SW2 to 20000 fresh draws, and its floor, as samplers_trained_models scores it
+    row["sw2"], row["sw2_floor"] = toy(ref)["sw2"], float(np.mean(toy.floor))
     dist = {}
-    ext = diffusers_runner()
+    svd = diffusers_driver()
     for nfe in nfes:
         for name in DIFFLAB:
             with torch.inference_mode():
                 x = difflab.sample(den, noise, name, nfe=nfe)
             dist[f"{name}@{nfe}"] = float((x - ref).pow(2).mean().sqrt())
-        for label in DIFFUSERS if ext else ():
-            dist[f"{label}@{nfe}"] = float((ext(label, den, noise, nfe) - ref).pow(2).mean().sqrt())
+        for label in DIFFUSERS if svd else ():
+            cls, extra = svd.diffusers_schedulers()[label]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                x = svd.run_diffusers(cls, extra, model, noise, svd.steps_for(cls, extra, nfe))[0]
+            dist[f"{label}@{nfe}"] = float((x - ref).pow(2).mean().sqrt())
     row["to_map"] = dist
     return row
 

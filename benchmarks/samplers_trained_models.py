@@ -71,6 +71,15 @@ class Model:
             return self.den.eps(x.float(), torch.full((len(x),), ab, dtype=torch.float64))
 
 
+def pf_ode_map(den, noise: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The reference every sampler is scored against: the adaptive PF-ODE map of noise (RK45, rtol = atol =
+    1e-6) and the denoiser calls it took."""
+    calls = den.nfe
+    with torch.inference_mode():
+        ref = difflab.sample(den, noise, "ode", rtol=1e-6, atol=1e-6)
+    return ref, den.nfe - calls
+
+
 class DigitsScorer:
     keys = ("fd", "conf", "tv")
 
@@ -155,14 +164,11 @@ def main():
     rows = []
 
     t0 = time.time()
-    model.den.nfe = 0
     cache = Path(a.work) / f"ref_{tag}_n{a.n}_s{a.seed}.pt" if a.work else None
     if cache is not None and cache.exists():
         ref, calls = torch.load(cache)
     else:
-        with torch.inference_mode():
-            ref = difflab.sample(model.den, noise, "ode", rtol=1e-6, atol=1e-6)
-        calls = model.den.nfe
+        ref, calls = pf_ode_map(model.den, noise)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             torch.save((ref, calls), cache)

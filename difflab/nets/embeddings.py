@@ -61,8 +61,7 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
-        c = c if self.scale == 1.0 else c * self.scale
-        return self.mlp(timestep_embedding(c, self.dim, self.max_period).to(self.mlp[0].weight.dtype))
+        return self.mlp(timestep_embedding(c * self.scale, self.dim, self.max_period).to(self.mlp[0].weight.dtype))
 
 
 class LabelEmbedding(nn.Module):
