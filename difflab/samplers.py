@@ -1013,4 +1013,5 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sampler: str = "ancestral", 
             auto = {**auto, "order": tuned_order(n_levels, noise[0].numel()) if kind == "tuned" else 2}
     full = torch.cat([levels, torch.ones(1, dtype=torch.float64)])
     x = noise * G.expand(torch.ones(1, dtype=torch.float64), noise)  # a copy; noise is N(0, I) at ab_T ~ 0
-    return NAMES[sampler](denoiser, x, full, generator=generator, **{**auto, **options})
+    out = NAMES[sampler](denoiser, x, full, generator=generator, **{**auto, **options})
+    return out.to(noise.dtype)  # a float64 fn promotes the float32 trajectory; hand back the noise's dtype

@@ -102,6 +102,19 @@ def test_every_sampler_makes_exactly_nfe_calls_inside_the_schedule_range(name, n
     assert x.shape == (64, 2) and bool(torch.isfinite(x).all())
 
 
+@pytest.mark.parametrize("name", list(samplers.NAMES))
+def test_every_sampler_returns_the_noise_dtype_whatever_the_model_returns(name):
+    """An outside fn that answers in float64 (an exact mixture) must not turn float32 noise into float64
+    samples, and float64 noise stays float64 under a float32 model."""
+    gm_den = GM2.denoiser(SCHED)
+    kw = {} if name == "ode" else {"nfe": 8}
+    for fn_dtype, noise_dtype in ((torch.float64, torch.float32), (torch.float32, torch.float64)):
+        den = difflab.Denoiser.from_eps(lambda x, ab, d=fn_dtype: gm_den.fn(x, ab).to(d), SCHED)
+        noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=noise_dtype)
+        x = difflab.sample(den, noise, name, generator=torch.Generator().manual_seed(1), **kw)
+        assert x.dtype == noise_dtype and bool(torch.isfinite(x).all())
+
+
 def test_adaptive_ode_counts_its_calls_and_stays_in_range():
     den, seen = recording(GM2)
     calls = []
