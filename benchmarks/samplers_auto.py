@@ -17,6 +17,7 @@ in 2-D it is not clearly better), gauss_multistep at 8 .. 12 calls from 3 dimens
 Run:  python benchmarks/samplers_auto.py --sets 2d,3d,4d --part a
       python benchmarks/samplers_auto.py --sets 8d,16d_s8_31,64d --part b      (~15 min each, one core)
       python benchmarks/samplers_auto.py --sets 2d_n40000 --nfe 10,11,12,20 --part c  (~15 min)
+      python benchmarks/samplers_auto.py --sets 2d_background,64d_background --nfe 10,20 --part e  (~10 min)
       python benchmarks/samplers_auto.py --report
 Writes benchmarks/results/samplers_auto_<part>.json, and samplers_auto.md from all parts.
 """

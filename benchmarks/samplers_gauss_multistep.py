@@ -61,6 +61,8 @@ SETS = {  # label -> (stored validation json, mixture family)
     "128d": ("samplers_highdim_validation_128d.json", "random"),
     "256d": ("samplers_highdim_validation_256d.json", "random"),
     "784d": ("samplers_highdim_validation_784d.json", "random"),
+    "2d_background": ("samplers_highdim_validation_background_2d.json", "background"),
+    "64d_background": ("samplers_highdim_validation_background_64d.json", "background"),
 }
 SAMPLERS = {"unipc": ("unipc", {}), "gauss_multistep": ("gauss_multistep", {})}  # label -> (sampler, options)
 ABLATION = {**SAMPLERS, **{f"gauss_multistep s2 x {c}": ("gauss_multistep", {"width_scale": c})
@@ -74,6 +76,8 @@ def mixture(stored: dict, family: str):
     seed = int(name.split()[-1])
     if family == "2d":
         return V.random_mixture(seed)[0]
+    if family == "background":
+        return H.background_mixture(seed, dim)[0]
     return H.digits_mixture(seed)[0] if family == "digits" else H.random_mixture_hd(seed, dim)[0]
 
 
