@@ -136,7 +136,7 @@ def main():
     js = RESULTS / f"samplers_highdim_validation{suffix}.json"
     nfes = [int(v) for v in a.nfe.split(",")]
     if not a.report:
-        make = {"digits": lambda s: digits_mixture(s), "background": lambda s: background_mixture(s, a.dim),
+        make = {"digits": digits_mixture, "background": lambda s: background_mixture(s, a.dim),
                 "random": lambda s: random_mixture_hd(s, a.dim)}[a.family]
         mixes = [(f"seed {s}", *make(s)) for s in V.parse_seeds(a.seeds)]
         V.run_all(mixes, a.n, nfes, js, desc_width=70)

@@ -966,8 +966,8 @@ _SDE_SAMPLERS = {"euler_maruyama", "srk", "pc", "ode"}  # samplers with an sde= 
 @torch.inference_mode()
 def sample(denoiser: Denoiser, noise: torch.Tensor, sampler: str = "ancestral", nfe: int | None = None,
            generator: torch.Generator | None = None, grid=None, **options) -> torch.Tensor:
-    """x_0 (N, ...) from `noise` (N, ...), a standard normal draw of the prior at the schedule's largest
-    noise level (VP units; SDE samplers rescale it to their own prior, e.g. x_ve = x / sqrt(ab_T)).
+    """x_0 (N, ...), in noise's dtype, from `noise` (N, ...), a standard normal draw of the prior at the schedule's
+    largest noise level (VP units; SDE samplers rescale it to their own prior, e.g. x_ve = x / sqrt(ab_T)).
 
     sampler: one of NAMES, or "auto" (`auto_choice`: the sampler measured closest to the exact PF-ODE map
     for this nfe and data size); nfe: denoiser calls (default: the schedule's T; ignored by the adaptive
