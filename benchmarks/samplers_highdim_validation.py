@@ -130,9 +130,8 @@ def main():
     ap.add_argument("--report", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    digits = a.family == "digits"
-    suffix = ("_digits" if digits else f"_background_{a.dim}d" if a.family == "background" else
-              ("" if a.dim == 64 else f"_{a.dim}d")) + (f"_{a.tag}" if a.tag else "")
+    suffix = {"digits": "_digits", "background": f"_background_{a.dim}d"}.get(
+        a.family, "" if a.dim == 64 else f"_{a.dim}d") + (f"_{a.tag}" if a.tag else "")
     js = RESULTS / f"samplers_highdim_validation{suffix}.json"
     nfes = [int(v) for v in a.nfe.split(",")]
     if not a.report:
@@ -141,11 +140,10 @@ def main():
         mixes = [(f"seed {s}", *make(s)) for s in V.parse_seeds(a.seeds)]
         V.run_all(mixes, a.n, nfes, js, desc_width=70)
     allres = json.loads(js.read_text())
-    V.report(allres, js.with_suffix(".md"), nfes,
-             title=("difflab's default UniPC vs diffusers on 64-D mixtures with digit-image means" if digits else
-                    f"difflab's default UniPC vs diffusers on {allres[0].get('dim', a.dim)}-D narrow clusters over a "
-                    "broad background" if a.family == "background" else
-                    f"difflab's default UniPC vs diffusers on random {allres[0].get('dim', a.dim)}-D mixtures"),
+    dim = allres[0].get("dim", a.dim)
+    what = {"digits": "64-D mixtures with digit-image means",
+            "background": f"{dim}-D narrow clusters over a broad background"}.get(a.family, f"random {dim}-D mixtures")
+    V.report(allres, js.with_suffix(".md"), nfes, title=f"difflab's default UniPC vs diffusers on {what}",
              script="benchmarks/samplers_highdim_validation.py")
 
 
