@@ -74,11 +74,7 @@ def mixture(stored: dict, family: str):
     if name.startswith("benchmark"):
         return B.mixtures()["2d"]
     seed = int(name.split()[-1])
-    if family == "2d":
-        return V.random_mixture(seed)[0]
-    if family == "background":
-        return H.background_mixture(seed, dim)[0]
-    return H.digits_mixture(seed)[0] if family == "digits" else H.random_mixture_hd(seed, dim)[0]
+    return V.random_mixture(seed)[0] if family == "2d" else H.family_mixture(family, seed, dim)[0]
 
 
 def run_set(label: str, samplers: dict = SAMPLERS, nfes=(10, 20)) -> list[dict]:

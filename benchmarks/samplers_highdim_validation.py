@@ -99,9 +99,10 @@ def digits_mixture(seed: int) -> tuple[GaussianMixture, str]:
 
 def background_mixture(seed: int, dim: int = 64) -> tuple[GaussianMixture, str]:
     """Narrow clusters over a broad background: 3 .. 11 components of widths 0.02 .. 0.2 (one per component),
-    means i.i.d. with typical distance 0.5 .. 6 between two, log-normal weights, plus one component at their mean
-    whose width is 0.7 .. 2 times their RMS spread and whose weight is 0.05 .. 0.4: clusters seen against a
-    diffuse population, a shape the other generators do not make (their widths vary by at most e^1.6)."""
+    means i.i.d. with RMS distance 0.5 .. 6 between two (in 2-D sqrt(2) times that), log-normal weights, plus
+    one component at their mean whose width is 0.7 .. 2 times their RMS spread and whose weight is 0.05 .. 0.4:
+    clusters seen against a diffuse population, a shape the other generators do not make (their widths vary by
+    at most e^1.6)."""
     g = np.random.default_rng(30_000 + seed)
     k = int(g.integers(3, 12))
     sep = float(np.exp(g.uniform(math.log(0.5), math.log(6.0))))
@@ -117,6 +118,14 @@ def background_mixture(seed: int, dim: int = 64) -> tuple[GaussianMixture, str]:
     desc = (f"K={k} + background, means ~{sep:.2f} apart, widths {narrow.min():.3f}..{narrow.max():.3f}, "
             f"background {broad:.2f} (w {w_bg:.2f})")
     return GaussianMixture(torch.tensor(w), torch.tensor(mu), torch.tensor(sd)), desc
+
+
+def family_mixture(family: str, seed: int, dim: int = 64) -> tuple[GaussianMixture, str]:
+    """(mixture, description) of one seed of a family: "random" (`random_mixture_hd`), "digits" (64-D,
+    `digits_mixture`; dim ignored) or "background" (`background_mixture`)."""
+    if family == "digits":
+        return digits_mixture(seed)
+    return (background_mixture if family == "background" else random_mixture_hd)(seed, dim)
 
 
 def main():
@@ -135,9 +144,7 @@ def main():
     js = RESULTS / f"samplers_highdim_validation{suffix}.json"
     nfes = [int(v) for v in a.nfe.split(",")]
     if not a.report:
-        make = {"digits": digits_mixture, "background": lambda s: background_mixture(s, a.dim),
-                "random": lambda s: random_mixture_hd(s, a.dim)}[a.family]
-        mixes = [(f"seed {s}", *make(s)) for s in V.parse_seeds(a.seeds)]
+        mixes = [(f"seed {s}", *family_mixture(a.family, s, a.dim)) for s in V.parse_seeds(a.seeds)]
         V.run_all(mixes, a.n, nfes, js, desc_width=70)
     allres = json.loads(js.read_text())
     dim = allres[0].get("dim", a.dim)
