@@ -76,13 +76,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sets", default="2d,3d,4d,8d,16d_s8_31,64d")
     ap.add_argument("--nfe", default="5,6,7,8,9,10,11,12,14,20")
-    ap.add_argument("--part", default="all", help="names the json file, so that parts can run side by side")
+    ap.add_argument("--part", default="all",
+                    help="names the json file, so that parts can run side by side; the sets run replace theirs in it")
     ap.add_argument("--report", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
     nfes = [int(v) for v in a.nfe.split(",")]
     if not a.report:
-        js, done = RESULTS / f"samplers_auto_{a.part}.json", {}
+        js = RESULTS / f"samplers_auto_{a.part}.json"
+        done = json.loads(js.read_text()) if js.exists() else {}  # a rerun set replaces its rows, others stay
         for label in a.sets.split(","):
             done[label] = run_set(label, nfes)
             js.write_text(json.dumps(done, indent=1))

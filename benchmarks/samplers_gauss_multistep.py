@@ -146,13 +146,15 @@ def report(allres: dict):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sets", default=",".join(SETS))
-    ap.add_argument("--part", default="all", help="names the json file, so that parts can run side by side")
+    ap.add_argument("--part", default="all",
+                    help="names the json file, so that parts can run side by side; the sets run replace theirs in it")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--ablation", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
     if not a.report and not a.ablation:
-        js, done = RESULTS / f"samplers_gauss_multistep_{a.part}.json", {}
+        js = RESULTS / f"samplers_gauss_multistep_{a.part}.json"
+        done = json.loads(js.read_text()) if js.exists() else {}  # a rerun set replaces its rows, others stay
         for label in a.sets.split(","):
             done[label] = run_set(label)
             js.write_text(json.dumps(done, indent=1))
