@@ -78,14 +78,15 @@ def gauss_final(x_ve, d, prev, last) -> torch.Tensor:
 
 def cap_widths(s2: torch.Tensor, factor: float) -> torch.Tensor:
     """s2 (N, ...) with each element capped at factor x its sample's median over the other axes (the mean of
-    the two middle values for an even count, so in 2-D no cap below factor 2 ever applies).
+    the two middle values for an even count, so that in 2-D a factor >= 2 never caps anything).
 
     Why (measured, docs/samplers.md "On trained networks"): at sigma 16 and 6.2 a coordinate's s^2 shows
     in x0_hat only as s^2 / sigma^2 <= 3e-3 for digits, below a trained network's error there; the
     per-element fit then reads that error (median s^2 / sigma^2 1e-9, 99th percentile 5.3 on a digits U-Net,
     where an exact 64-D mixture's is 0.018 .. 0.020 throughout) and a few coordinates take Euler steps in
-    sigma^2 meant for enormous widths. Capped at 100 x the median above sigma 3: the U-Net's 10-call error
-    to its own PF-ODE map 0.0515 -> 0.0378, and no exact validation set loses a PASS."""
+    sigma^2 meant for enormous widths. Capped at 100 x the median above sigma 3: two U-Nets' 10-call errors
+    to their own PF-ODE maps 0.0515 -> 0.0381 and 0.0522 -> 0.0383, and no exact validation set loses a PASS
+    at 10 calls (benchmarks/results/samplers_standing.md)."""
     flat = s2.reshape(len(s2), -1)
     srt = flat.sort(dim=1).values
     k = flat.shape[1]
@@ -134,7 +135,8 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
     (s -> infinity is an Euler step in sigma^2; the cap only keeps 1 / Phi away from 0). width_scale: the
     fitted s^2 is multiplied by it (1: the solver; 0: a plain multistep in 1 / sigma; for ablations).
     width_cap, cap_above: at levels with sigma > cap_above, each element's s^2 is capped at width_cap x the
-    sample's median s^2 over its coordinates (`cap_widths`; None: no cap). Arithmetic in float64, state in x's dtype."""
+    sample's median s^2 over its coordinates (`cap_widths`; None: no cap).
+    Arithmetic in float64, state in x's dtype."""
     levels = [float(a) for a in grid[:-1]]
     sig = [math.sqrt((1 - a) / a) for a in levels] + [0.0]
     dtype = x.dtype
