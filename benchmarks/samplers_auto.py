@@ -83,11 +83,8 @@ def main():
     torch.set_num_threads(1)
     nfes = [int(v) for v in a.nfe.split(",")]
     if not a.report:
-        js = RESULTS / f"samplers_auto_{a.part}.json"
-        done = json.loads(js.read_text()) if js.exists() else {}  # a rerun set replaces its rows, others stay
-        for label in a.sets.split(","):
-            done[label] = run_set(label, nfes)
-            js.write_text(json.dumps(done, indent=1))
+        G.run_into_part(RESULTS / f"samplers_auto_{a.part}.json", a.sets.split(","),
+                        lambda label: run_set(label, nfes))
     allres = {}
     for js in sorted(RESULTS.glob("samplers_auto_*.json")):
         allres.update(json.loads(js.read_text()))

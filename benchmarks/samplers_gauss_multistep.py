@@ -110,6 +110,15 @@ def run_set(label: str, samplers: dict = SAMPLERS, nfes=(10, 20)) -> list[dict]:
     return out
 
 
+def run_into_part(js: Path, labels: list[str], run) -> None:
+    """run(label) for each stored set, written into the part file js after each set: a rerun set replaces its
+    rows there, the file's other sets stay (samplers_auto.py's parts too)."""
+    done = json.loads(js.read_text()) if js.exists() else {}
+    for label in labels:
+        done[label] = run(label)
+        js.write_text(json.dumps(done, indent=1))
+
+
 def stats(rows: list[dict], key: str) -> tuple[int, np.ndarray, float]:
     """(PASS count, |dgap| per mixture, mean mode_tv in %) of one sampler at one NFE (key "label@nfe")."""
     r = [row["rows"][key] for row in rows]
@@ -153,11 +162,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(1)
     if not a.report and not a.ablation:
-        js = RESULTS / f"samplers_gauss_multistep_{a.part}.json"
-        done = json.loads(js.read_text()) if js.exists() else {}  # a rerun set replaces its rows, others stay
-        for label in a.sets.split(","):
-            done[label] = run_set(label)
-            js.write_text(json.dumps(done, indent=1))
+        run_into_part(RESULTS / f"samplers_gauss_multistep_{a.part}.json", a.sets.split(","), run_set)
     allres = {}
     for js in sorted(RESULTS.glob("samplers_gauss_multistep_*.json")):
         if js.stem.endswith("ablation"):
