@@ -63,6 +63,10 @@ SETS = {  # label -> (stored validation json, mixture family)
     "784d": ("samplers_highdim_validation_784d.json", "random"),
     "2d_background": ("samplers_highdim_validation_background_2d.json", "background"),
     "64d_background": ("samplers_highdim_validation_background_64d.json", "background"),
+    "2d_fullcov": ("samplers_highdim_validation_fullcov_2d.json", "fullcov"),
+    "3d_fullcov": ("samplers_highdim_validation_fullcov_3d.json", "fullcov"),
+    "16d_fullcov": ("samplers_highdim_validation_fullcov_16d.json", "fullcov"),
+    "64d_fullcov": ("samplers_highdim_validation_fullcov_64d.json", "fullcov"),
 }
 SAMPLERS = {"unipc": ("unipc", {}), "gauss_multistep": ("gauss_multistep", {})}  # label -> (sampler, options)
 ABLATION = {**SAMPLERS, **{f"gauss_multistep s2 x {c}": ("gauss_multistep", {"width_scale": c})

@@ -24,12 +24,15 @@ Run:  python benchmarks/samplers_highdim_validation.py [--seeds 0-7] [--dim 64] 
       python benchmarks/samplers_highdim_validation.py --family digits --seeds 0-23 --n 4000
       python benchmarks/samplers_highdim_validation.py --family background --dim 2 --seeds 0-11 --n 8000
       python benchmarks/samplers_highdim_validation.py --family background --dim 64 --seeds 0-7
+      python benchmarks/samplers_highdim_validation.py --family fullcov --dim 2 --seeds 0-15 --n 8000  (also --dim 3,
+             16, 64; seeds 0-15, 0-7, 0-7)
       python benchmarks/samplers_highdim_validation.py [--family digits] --report
 `--family background` (`background_mixture(seed, dim)`): narrow clusters (widths 0.02 .. 0.2) over one broad
-component at their mean, any --dim (2 included).
+component at their mean, any --dim (2 included). `--family fullcov` (`fullcov_mixture(seed, dim)`): the random
+family's means with full covariances, each component elongated and turned at random.
 
-Writes benchmarks/results/samplers_highdim_validation[_digits | _background_<D>d].json and .md (`--dim D` other than 64:
-samplers_highdim_validation_<D>d.json and .md; `--tag NAME` appends _NAME).
+Writes benchmarks/results/samplers_highdim_validation[_digits | _background_<D>d | _fullcov_<D>d].json and .md
+(`--dim D` other than 64: samplers_highdim_validation_<D>d.json and .md; `--tag NAME` appends _NAME).
 """
 from __future__ import annotations
 
@@ -120,12 +123,32 @@ def background_mixture(seed: int, dim: int = 64) -> tuple[GaussianMixture, str]:
     return GaussianMixture(torch.tensor(w), torch.tensor(mu), torch.tensor(sd)), desc
 
 
+def fullcov_mixture(seed: int, dim: int = 64) -> tuple[GaussianMixture, str]:
+    """`random_mixture_hd`'s weights and means (in 2-D those of samplers_lowdim_validation's `random_mixture`),
+    but full covariances: each component's widths along its own axes
+    are its geometric-mean width times e^U(-1, 1) (elongated up to e^2 = 7.4 times), and its axes are turned by
+    its own random (Haar) orthogonal matrix. No other generator makes components that are neither round nor
+    aligned with the coordinates, which samplers fitting one width per coordinate (gauss_multistep) could
+    notice; diffusers' schedulers, UniPC and split_multistep are equivariant under rotations."""
+    base, desc = V.random_mixture(seed) if dim == 2 else random_mixture_hd(seed, dim)
+    g = np.random.default_rng(40_000 + seed)
+    k = len(base.weights)
+    width = base.stds.log().mean(1, keepdim=True).exp()
+    sd = width * torch.from_numpy(np.exp(g.uniform(-1.0, 1.0, size=(k, dim))))
+    rot = []
+    for _ in range(k):
+        q, r = np.linalg.qr(g.normal(size=(dim, dim)))
+        rot.append(q * np.sign(np.diag(r)))  # Haar: fix the signs of QR's columns
+    desc = desc.split(", widths")[0] + f", full covariances, axis widths {sd.min():.3f}..{sd.max():.3f}"
+    return GaussianMixture(base.weights, base.means, sd, torch.from_numpy(np.stack(rot))), desc
+
+
 def family_mixture(family: str, seed: int, dim: int = 64) -> tuple[GaussianMixture, str]:
     """(mixture, description) of one seed of a family: "random" (`random_mixture_hd`), "digits" (64-D,
-    `digits_mixture`; dim ignored) or "background" (`background_mixture`)."""
+    `digits_mixture`; dim ignored), "background" (`background_mixture`) or "fullcov" (`fullcov_mixture`)."""
     if family == "digits":
         return digits_mixture(seed)
-    return (background_mixture if family == "background" else random_mixture_hd)(seed, dim)
+    return {"background": background_mixture, "fullcov": fullcov_mixture}.get(family, random_mixture_hd)(seed, dim)
 
 
 def main():
@@ -134,12 +157,12 @@ def main():
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--nfe", default="10,20")
-    ap.add_argument("--family", choices=("random", "digits", "background"), default="random")
+    ap.add_argument("--family", choices=("random", "digits", "background", "fullcov"), default="random")
     ap.add_argument("--tag", default="", help="appended to the result files' names (e.g. a run at another n)")
     ap.add_argument("--report", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    suffix = {"digits": "_digits", "background": f"_background_{a.dim}d"}.get(
+    suffix = {"digits": "_digits", "background": f"_background_{a.dim}d", "fullcov": f"_fullcov_{a.dim}d"}.get(
         a.family, "" if a.dim == 64 else f"_{a.dim}d") + (f"_{a.tag}" if a.tag else "")
     js = RESULTS / f"samplers_highdim_validation{suffix}.json"
     nfes = [int(v) for v in a.nfe.split(",")]
@@ -149,7 +172,8 @@ def main():
     allres = json.loads(js.read_text())
     dim = allres[0].get("dim", a.dim)
     what = {"digits": "64-D mixtures with digit-image means",
-            "background": f"{dim}-D narrow clusters over a broad background"}.get(a.family, f"random {dim}-D mixtures")
+            "background": f"{dim}-D narrow clusters over a broad background",
+            "fullcov": f"random {dim}-D mixtures with full covariances"}.get(a.family, f"random {dim}-D mixtures")
     V.report(allres, js.with_suffix(".md"), nfes, title=f"difflab's default UniPC vs diffusers on {what}",
              script="benchmarks/samplers_highdim_validation.py")
 

@@ -8,7 +8,7 @@ No new sampling: reads the per-mixture rows the validation benchmarks stored and
     dgap  = gap - gap of the exact map of the same noise (nat; the sampler's own error), median over the set,
     tv    = mass moved between modes against the exact map, mean over the set.
 
-Sources, newest first (a set is read from the first file that holds it): samplers_auto_{e,c,a,b}.json
+Sources, newest first (a set is read from the first file that holds it): samplers_auto_{g,f,e,c,a,b}.json
 (samplers_auto.py), samplers_gauss_multistep_{a,b,c,d}.json (samplers_gauss_multistep.py),
 samplers_classic_toys.json (samplers_classic_toys.py).
 
@@ -30,7 +30,8 @@ import samplers_lowdim_validation as V  # noqa: E402
 from difflab.samplers import auto_choice  # noqa: E402
 
 RESULTS = HERE / "results"
-SOURCES = ["samplers_auto_e.json", "samplers_auto_c.json", "samplers_auto_a.json", "samplers_auto_b.json",
+SOURCES = ["samplers_auto_g.json", "samplers_auto_f.json", "samplers_auto_e.json", "samplers_auto_c.json",
+           "samplers_auto_a.json", "samplers_auto_b.json",
            "samplers_gauss_multistep_a.json", "samplers_gauss_multistep_b.json",
            "samplers_gauss_multistep_c.json", "samplers_gauss_multistep_d.json"]
 NFES = (10, 20)

@@ -79,6 +79,8 @@ class FastExactMixture:
 
     def eps(self, x: torch.Tensor, ab: float) -> torch.Tensor:
         x = x.double()
+        if self.gm.rotations is not None:  # full covariances: the mixture's own per-component products
+            return self.gm.eps_at(x, ab)
         m, v = math.sqrt(ab) * self.mu, ab * self.s2 + (1 - ab)
         iv, mv = 1 / v, m / v
         logn = -0.5 * ((x * x) @ iv.T - 2 * x @ mv.T + (m * mv).sum(1) + v.log().sum(1))
