@@ -18,8 +18,8 @@ Run:  python benchmarks/samplers_auto.py --sets 2d,3d,4d --part a
       python benchmarks/samplers_auto.py --sets 8d,16d_s8_31,64d --part b      (~15 min each, one core)
       python benchmarks/samplers_auto.py --sets 2d_n40000 --nfe 10,11,12,20 --part c  (~15 min)
       python benchmarks/samplers_auto.py --sets 2d_background,64d_background --nfe 10,20 --part e  (~10 min)
-      python benchmarks/samplers_auto.py --sets 2d_fullcov,3d_fullcov,16d_fullcov,64d_fullcov --nfe 8,10,12,20 --part f
-      (and --sets 2d_fullcov,3d_fullcov ... --part g, side by side)
+      python benchmarks/samplers_auto.py --sets 64d_fullcov,16d_fullcov --nfe 8,10,12,20 --part f  (~5 min)
+      python benchmarks/samplers_auto.py --sets 2d_fullcov,3d_fullcov --nfe 8,10,12,20 --part g     (~5 min)
       python benchmarks/samplers_auto.py --report
 Writes benchmarks/results/samplers_auto_<part>.json, and samplers_auto.md from all parts.
 """

@@ -125,9 +125,9 @@ def background_mixture(seed: int, dim: int = 64) -> tuple[GaussianMixture, str]:
 
 def fullcov_mixture(seed: int, dim: int = 64) -> tuple[GaussianMixture, str]:
     """`random_mixture_hd`'s weights and means (in 2-D those of samplers_lowdim_validation's `random_mixture`),
-    but full covariances: each component's widths along its own axes
-    are its geometric-mean width times e^U(-1, 1) (elongated up to e^2 = 7.4 times), and its axes are turned by
-    its own random (Haar) orthogonal matrix. No other generator makes components that are neither round nor
+    but full covariances: each component's widths along its own axes are its geometric-mean width times
+    e^U(-1, 1) (elongated up to e^2 = 7.4 times), and its axes are turned by its own random (Haar) orthogonal
+    matrix. No other generator makes components that are neither round nor
     aligned with the coordinates, which samplers fitting one width per coordinate (gauss_multistep) could
     notice; diffusers' schedulers, UniPC and split_multistep are equivariant under rotations."""
     base, desc = V.random_mixture(seed) if dim == 2 else random_mixture_hd(seed, dim)
