@@ -10,7 +10,7 @@ No new sampling: reads the per-mixture rows the validation benchmarks stored and
 
 Sources, newest first (a set is read from the first file that holds it): samplers_auto_{g,f,e,c,a,b}.json
 (samplers_auto.py), samplers_gauss_multistep_{a,b,c,d}.json (samplers_gauss_multistep.py),
-samplers_classic_toys.json (samplers_classic_toys.py).
+samplers_classic_toys.json and samplers_classic_toys_wide.json (samplers_classic_toys.py [--wide]).
 
 Run:  python benchmarks/samplers_standing.py      (seconds)
 Writes benchmarks/results/samplers_standing.md.
@@ -85,12 +85,13 @@ def main():
     for label, (src, rows) in sorted(sets.items(), key=lambda kv: (kv[1][1][0]["dim"], kv[0])):
         cells = " | ".join(cell(rows, k) for k in NFES)
         lines.append(f"| {label} | {rows[0]['dim']} | {len(rows)} | {rows[0]['n']} | {cells} | `{src}` |")
-    toys = RESULTS / "samplers_classic_toys.json"
-    if toys.exists():
-        rows = toys_rows(json.loads(toys.read_text()))
-        cells = " | ".join(cell(rows, k) for k in NFES)
-        lines.append(f"| classic toys (rings of 8, grids of 9 and 25) | 2 | {len(rows)} | {rows[0]['n']} | {cells} | "
-                     f"`{toys.name}` |")
+    for name, what in (("samplers_classic_toys.json", "classic toys (rings of 8, grids of 9 and 25)"),
+                       ("samplers_classic_toys_wide.json", "wide classic toys (radius 5-20, 5-8 apart, widths 0.5-1)")):
+        toys = RESULTS / name
+        if toys.exists():
+            rows = toys_rows(json.loads(toys.read_text()))
+            cells = " | ".join(cell(rows, k) for k in NFES)
+            lines.append(f"| {what} | 2 | {len(rows)} | {rows[0]['n']} | {cells} | `{toys.name}` |")
     lines += ["", "Reading: where the map's own count is below the set's size, the true set's noise decides the "
               "rest (the lowest of eleven diffusers values falls below the exact answer); the gap between auto's "
               "count and the map's is what a better solver could still win. dgap is that error without the noise."]
