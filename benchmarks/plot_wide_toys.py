@@ -75,10 +75,8 @@ def main():
     ax.set_title(f"{C.WIDE_TOYS[TOY][1]}, {NFE} calls, n = {n}", fontsize=9)
     ax.legend(fontsize=7.5)
     centre = gm.means[0].numpy()
-    for (label, x), color in zip(sets.items(), ("0.45", "C3", "C0", "C2")):
-        if label.startswith("difflab gauss") or label.startswith("diffusers"):
-            continue
-        x = x.double().numpy()
+    for label, color in (("exact PF-ODE map", "0.45"), ("difflab auto", "C3")):
+        x = sets[label].double().numpy()
         near = np.abs(x - centre).max(1) < 4 * WIDTH
         ax2.scatter(*(x[near] - centre).T, s=2, alpha=0.5, color=color, label=label)
     t = np.linspace(0, 2 * math.pi, 200)
