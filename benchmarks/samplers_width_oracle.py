@@ -126,17 +126,22 @@ def grids(w_min: float, r_est: float, w_probe: float) -> dict[str, list[float]]:
             "probe, topped": topped(c_probe, r_est)}
 
 
+def setup(res: dict, gm):
+    """(noise, judge, exact PF-ODE map, its gap, best diffusers SW2 row and |gap| row at NFE 10) of a stored mixture:
+    the stored set's noise seed (1), n and diffusers rows."""
+    noise = torch.randn(res["n"], gm.dim, generator=torch.Generator().manual_seed(1))
+    judge = B.Judge(gm, res["n"], n_floor=1)
+    ref = V.exact_map(gm, noise)
+    return (noise, judge, ref, judge(ref)[1], *V.best_diffusers(res, 10))
+
+
 def run_set(label: str) -> list[dict]:
     """Each mixture of a stored 2-D set: its width and spread estimates, and each grid's SW2, gap, dgap, PASS and
-    mass moved, with the stored set's noise seed (1), judge and diffusers rows."""
+    mass moved."""
     out = []
     for res, gm in stored(label):
         t0 = time.time()
-        noise = torch.randn(res["n"], gm.dim, generator=torch.Generator().manual_seed(1))
-        judge = B.Judge(gm, res["n"], n_floor=1)
-        ref = V.exact_map(gm, noise)
-        _, gap_ref = judge(ref)
-        b_sw, b_gap = V.best_diffusers(res, 10)
+        noise, judge, ref, gap_ref, b_sw, b_gap = setup(res, gm)
         mean, vec, var = first_call_fit(gm, noise)
         w_min, r_est, w_probe = float(gm.stds.min()), float(var.max().sqrt()), probe_width(gm, mean, vec, var)
         row = {"mixture": res["mixture"], "n": res["n"], "w_min": w_min, "w_probe": w_probe,

@@ -970,7 +970,8 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sampler: str = "ancestral", 
     largest noise level (VP units; SDE samplers rescale it to their own prior, e.g. x_ve = x / sqrt(ab_T)).
 
     sampler: one of NAMES, or "auto" (`auto_choice`: the sampler measured closest to the exact PF-ODE map
-    for this nfe and data size); nfe: denoiser calls (default: the schedule's T; ignored by the adaptive
+    for this nfe and data size; where that is split_multistep, with follow_width=True unless told otherwise);
+    nfe: denoiser calls (default: the schedule's T; ignored by the adaptive
     "ode"); grid: override the sampler's default time grid (see `make_grid`); options go to the sampler
     (variance=, eta=, sde=, order=, snr=, final=, progress= (called once per call), trajectory=, ...).
     Defaults worth knowing: "ancestral" matches its kernel's second moment (variance="analytic", from batch
@@ -980,6 +981,9 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sampler: str = "ancestral", 
     (benchmarks/results/samplers_auto.md)."""
     if sampler == AUTO:
         sampler = auto_choice(denoiser.schedule.T if nfe is None else int(nfe), noise[0].numel())
+        follow = options.pop("follow_width", True)  # split_multistep follows the mode width (`follow_width`)
+        if sampler == "split_multistep":
+            options["follow_width"] = follow
     if sampler not in NAMES:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(NAMES)} or {AUTO}")
     spec = _SPECS[sampler]

@@ -89,10 +89,16 @@ def test_each_idea_on_narrow_modes_against_the_exact_map(seed):
                                               (2, 14, "unipc"), (64, 10, "gauss_multistep"),
                                               (64, 20, "unipc"), (2, 20, "unipc")])
 def test_auto_runs_the_sampler_measured_closest(dim, nfe, expected):
-    """sampler="auto" runs `auto_choice(nfe, dim)` (benchmarks/results/samplers_auto.md), the same samples."""
+    """sampler="auto" runs `auto_choice(nfe, dim)` (benchmarks/results/samplers_auto.md), the same samples
+    (split_multistep with follow_width=True unless auto is told otherwise)."""
     mu = torch.randn(2, dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     gm = GaussianMixture(torch.ones(2, dtype=torch.float64), mu, torch.full((2, dim), 0.3, dtype=torch.float64))
     noise = torch.randn(50, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     den = gm.denoiser(SCHED)
     assert auto_choice(nfe, dim) == expected
-    assert torch.equal(difflab.sample(den, noise, "auto", nfe=nfe), difflab.sample(den, noise, expected, nfe=nfe))
+    opts = {"follow_width": True} if expected == "split_multistep" else {}  # auto follows the mode width there
+    assert torch.equal(difflab.sample(den, noise, "auto", nfe=nfe), difflab.sample(den, noise, expected, nfe=nfe,
+                                                                               **opts))
+    if expected == "split_multistep":
+        assert torch.equal(difflab.sample(den, noise, "auto", nfe=nfe, follow_width=False),
+                           difflab.sample(den, noise, expected, nfe=nfe))

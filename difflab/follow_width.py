@@ -1,0 +1,98 @@
+"""A time grid that follows the data's mode width, read by the sampler's own calls (issue 5).
+
+The tuned 10-level 2-D grid was chosen on mixtures whose modes are 0.02 .. 0.5 wide. Data with wider modes far
+apart (rings of radius 5 .. 20, modes 0.5 .. 1 wide) settle where that grid has few levels, and split_multistep
+ends 0.05 .. 0.3 nat too spread. An oracle that scales the grid below sigma_max by c = max(1, 4 w_min), w_min the
+narrowest mode width, fixes most of it and moves nothing else (benchmarks/results/samplers_width_oracle.md).
+A sampler can read what it needs on the way (VE units, x = x_0 + sigma n):
+
+- **The data's covariance C, from the second call** (sigma_1 = 13.86 on the 10-level grid): where x0_hat is
+  close to linear, x0_hat - m = A (x - m) with A = C (C + sigma^2 I)^-1, so the regression of x0_hat on x over
+  the batch gives A and C = sigma^2 A (I - A)^-1 (`data_covariance`; exact for Gaussian data at any sigma). The
+  first call (sigma_max = 157) would do for exact denoisers, but a trained network's error there, times sigma,
+  swamps C / sigma^2: on a moons MLP it read a spread of 12 (the data's is 1), on a ring MLP 0.
+- **The mode width, from rows added to the third call** (`probe_rows`, `width_from_probe`): 64 points z from
+  N(m, C), each sent as the pair z +- sigma_p n at sigma_p = 0.15. For the Gaussian mode that dominates near z,
+  x0_hat(y) = mu + a (y - mu) with a = w^2 / (w^2 + sigma_p^2), so the slope along n,
+  a = <x0_hat(z + sigma_p n) - x0_hat(z - sigma_p n), n> / (2 sigma_p |n|^2), gives w = sigma_p sqrt(a / (1 - a)).
+  The estimate is the 10 % quantile over the points. Where it reads more than R / 4 (R the data's largest
+  standard deviation), the "mode" is a broad background component and the grid is left as it is.
+
+Then the levels after the third are warped, sigma' = sigma_3 (sigma / sigma_3)^p, so that the lowest becomes
+c = max(1, 4 w) times its tuned value (`scaled_levels`). The probe adds 128 rows to one call; the number of calls
+does not change.
+
+Measured (split_multistep, 10 calls, against the exact PF-ODE map of the same noise; benchmarks/results/
+samplers_follow_width.md): the wide classic toys pass 2 of 6 (0), median |error| 0.155 -> 0.061 nat, mass moved
+between modes 0.31 -> 0.15 %; the stored random, full-covariance, background and classic 2-D sets keep their PASS
+counts and medians (background 0.060 -> 0.047). On trained moons and ring MLPs the error to their own PF-ODE maps
+moves by at most 0.0004.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["data_covariance", "probe_rows", "width_from_probe", "scaled_levels",
+           "SIGMA_P", "N_PROBE", "PROBE_CALL"]
+
+SIGMA_P = 0.15      # the probe's noise level (VE sigma)
+N_PROBE = 64        # probe points, each sent as an antithetic pair
+QUANTILE = 0.1      # the width estimate: this quantile of the probe points' widths
+WIDTH_FACTOR = 4.0  # c = max(1, WIDTH_FACTOR w)
+C_MAX = 6.0         # the largest scale
+BACKGROUND = 0.25   # widths above BACKGROUND x R are a broad component, not a mode: no scaling
+MIN_BATCH = 16      # smaller batches keep the tuned grid (the covariance would be noise)
+PROBE_CALL = 2      # the call (0-based) that carries the probe rows; the covariance from the one before
+
+
+def data_covariance(x: torch.Tensor, x0_hat: torch.Tensor, sigma: float):
+    """(mean (D,), eigenvectors (D, D), eigenvalues (D,)) of the data's covariance C, from one call at sigma far
+    above the data's scale. x, x0_hat: (N, D) float64 VE states and the denoiser's x0_hat there.
+
+    x0_hat - m = A (x - m) with A = C (C + sigma^2)^-1: A from the batch's regression, C = sigma^2 A (I - A)^-1."""
+    xc, dc = x - x.mean(0), x0_hat - x0_hat.mean(0)
+    a = torch.linalg.solve(xc.T @ xc, xc.T @ dc).T  # (D, D): dc ~ xc A^T
+    a = 0.5 * (a + a.T)
+    lam, vec = torch.linalg.eigh(a)
+    lam = lam.clamp(0.0, 1 - 1e-12)
+    var = sigma * sigma * lam / (1 - lam)
+    mean = x0_hat.mean(0) - (x.mean(0) - x0_hat.mean(0)) @ (vec * (lam / (1 - lam))) @ vec.T
+    return mean, vec, var
+
+
+def probe_rows(mean: torch.Tensor, vec: torch.Tensor, var: torch.Tensor, seed: int = 0):
+    """(rows (2 N_PROBE, D), directions n (N_PROBE, D)): points z ~ N(mean, C), sent as z + sigma_p n, z - sigma_p n
+    (VE units, float64)."""
+    g = torch.Generator().manual_seed(seed)
+    d = mean.numel()
+    z = torch.randn(N_PROBE, d, generator=g, dtype=torch.float64).to(mean.device)
+    n = torch.randn(N_PROBE, d, generator=g, dtype=torch.float64).to(mean.device)
+    z = mean + (z * var.sqrt()) @ vec.T
+    return torch.cat([z + SIGMA_P * n, z - SIGMA_P * n]), n
+
+
+def width_from_probe(x0_hat_rows: torch.Tensor, n: torch.Tensor) -> float:
+    """The probe's width estimate: the QUANTILE of w = sigma_p sqrt(a / (1 - a)) over the points, a the slope of
+    x0_hat along n between each pair (module docstring). x0_hat_rows: (2 N_PROBE, D) for `probe_rows`' rows."""
+    plus, minus = x0_hat_rows.double().chunk(2)
+    a = ((plus - minus) * n).sum(1) / (2 * SIGMA_P * (n * n).sum(1))
+    a = a.nan_to_num(nan=0.0).clamp(1e-12, 1 - 1e-12)
+    return float(torch.quantile(SIGMA_P * (a / (1 - a)).sqrt(), QUANTILE))
+
+
+def scaled_levels(rest: list[float], top: float, width: float, spread: float) -> list[float]:
+    """The levels after the probe's (VE sigmas, decreasing; top: the probe's level), warped so that the lowest is
+    c = max(1, WIDTH_FACTOR w) (at most C_MAX) times its tuned value: sigma' = top (sigma / top)^p with
+    p = log(c sigma_low / top) / log(sigma_low / top), which keeps the tuned grid's step ratios in proportion
+    (scaling them all by c instead squeezed the first step and moved mass between modes: on the wide grid toys
+    1.3 -> 2.1 % and 0.5 -> 2.2 %). Unchanged where w > BACKGROUND R."""
+    if not math.isfinite(width) or width > BACKGROUND * spread:
+        return rest
+    c = min(max(1.0, WIDTH_FACTOR * width), C_MAX)
+    low = rest[-1]
+    if c <= 1.0 or c * low >= top:
+        return rest
+    p = math.log(c * low / top) / math.log(low / top)
+    return [top * (s / top) ** p for s in rest]
