@@ -131,7 +131,10 @@ def split_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
             return d
         d = predict_at(denoiser, x_vp, levels[i], progress)[0].double()
         if follow and i == fw.PROBE_CALL - 1:  # the data's covariance from this call: where to probe, the spread
-            mean, vec, var = fw.data_covariance(x_ve.reshape(len(x_ve), -1), d.reshape(len(x_ve), -1), sig[i])
+            try:
+                mean, vec, var = fw.data_covariance(x_ve.reshape(len(x_ve), -1), d.reshape(len(x_ve), -1), sig[i])
+            except torch.linalg.LinAlgError:  # a degenerate batch (e.g. repeated noise): the tuned grid
+                return d
             state["spread"] = float(var.max().sqrt())
             state["probe"] = fw.probe_rows(mean, vec, var)
         return d

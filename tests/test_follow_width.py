@@ -106,7 +106,8 @@ def test_wide_modes_against_the_exact_map():
 
 def test_narrow_modes_small_batches_and_high_dimensions_keep_the_tuned_grid():
     """Modes 0.05 wide (the probe reads c = 1, the spread leaves the second level): the same samples as the tuned
-    grid, to rounding. Batches under 16 and data of more than 8 numbers per example do not follow at all."""
+    grid, to rounding. Batches under 16, a batch of one repeated noise (no covariance to read) and data of more than
+    8 numbers per example do not follow at all."""
     gm = ring(2.0, 0.05)
     den = gm.fast_denoiser(SCHED)
     noise = torch.randn(500, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
@@ -115,6 +116,9 @@ def test_narrow_modes_small_batches_and_high_dimensions_keep_the_tuned_grid():
     assert torch.allclose(follow, difflab.sample(den, noise, "split_multistep", nfe=10), rtol=0, atol=1e-10)
     assert torch.equal(difflab.sample(den, noise[:10], "split_multistep", nfe=10, follow_width=True),
                        difflab.sample(den, noise[:10], "split_multistep", nfe=10))
+    same = noise[:1].expand(50, 2)  # one noise repeated: a singular regression, the tuned grid
+    assert torch.equal(difflab.sample(den, same, "split_multistep", nfe=10, follow_width=True),
+                       difflab.sample(den, same, "split_multistep", nfe=10))
     mu = 8 * torch.randn(3, 16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     wide = GaussianMixture(torch.ones(3, dtype=torch.float64), mu, torch.full((3, 16), 1.0, dtype=torch.float64))
     z = torch.randn(100, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
