@@ -110,8 +110,8 @@ def split_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
     grid: (n + 1,) increasing alpha_bars ending with 1.0; one call per level, then the Gaussian-exact step
     to sigma = 0. switch_sigma: the VE sigma above which steps interpolate x0_hat in 1 / sigma (0: always
     log sigma; inf: always 1 / sigma). reach: the predictor's extrapolation limit (None: none).
-    corrector: correct each step with the new evaluation (free). follow_width: scale the levels after the third
-    by the data's mode width, read from the second call and from 128 rows added to the third (`follow_width`
+    corrector: correct each step with the new evaluation (free). follow_width: warp the levels after the third
+    to the data's mode width, read from the second call and from 128 rows added to the third (`follow_width`
     module; data of at most 8 numbers per example, batches of 16 or more, grids of 5 or more levels).
     Arithmetic in float64, state in x's dtype."""
     levels = [float(a) for a in grid[:-1]]
