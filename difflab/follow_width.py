@@ -48,10 +48,12 @@ PROBE_CALL = 2      # the call (0-based) that carries the probe rows; the covari
 
 
 def data_covariance(x: torch.Tensor, x0_hat: torch.Tensor, sigma: float):
-    """(mean (D,), eigenvectors (D, D), eigenvalues (D,)) of the data's covariance C, from one call at sigma far
-    above the data's scale. x, x0_hat: (N, D) float64 VE states and the denoiser's x0_hat there.
+    """(mean (D,), eigenvectors (D, D), eigenvalues (D,)) of the data's covariance C, from one call at sigma.
+    x, x0_hat: (N, D) float64 VE states and the denoiser's x0_hat there.
 
-    x0_hat - m = A (x - m) with A = C (C + sigma^2)^-1: A from the batch's regression, C = sigma^2 A (I - A)^-1."""
+    x0_hat - m = A (x - m) with A = C (C + sigma^2)^-1: A from the batch's regression, C = sigma^2 A (I - A)^-1.
+    Exact for Gaussian data at any sigma; for other data it reads x0_hat's linear part, close to C where sigma is
+    above the data's scale (enough to place the probe's points)."""
     xc, dc = x - x.mean(0), x0_hat - x0_hat.mean(0)
     a = torch.linalg.solve(xc.T @ xc, xc.T @ dc).T  # (D, D): dc ~ xc A^T
     a = 0.5 * (a + a.T)

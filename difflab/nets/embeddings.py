@@ -13,7 +13,7 @@ __all__ = ["timestep_embedding", "TimeEmbedding", "LabelEmbedding", "noise_input
 # 3000 steps), scale 1 -> 0.02: auto's RMS distance to the network's own PF-ODE map 0.113 / 0.030 / 0.026 ->
 # 0.053 / 0.0051 / 0.0020 at 10 / 20 / 30 calls, the adaptive map's calls 666 -> 162, the map's samples as good
 # (SW2 to the data 0.0395 -> 0.0389; benchmarks/results/noise_embedding.md). The demo's digits U-Net with it:
-# 89.4-92.5 % of samples confidently classified in eight runs (scale 1: 88.8-90.5 % in four) and 225 instead of
+# 88.9-92.5 % of samples confidently classified in nine runs (scale 1: 88.8-90.5 % in four) and 225 instead of
 # 549 adaptive map calls; auto at 20 calls is as close to its map as before on three of five such nets, farther
 # on two (docs/samplers.md, "On trained networks").
 # Half the sinusoids are then nearly constant over 0 .. 20; max_period was left as it was.
