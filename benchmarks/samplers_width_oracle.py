@@ -21,9 +21,10 @@ no per-run statistic seen so far told which c to use. This study asks the questi
 - **probe, topped**: what a sampler could do: "oracle, topped" with the probe's c, left at 1 where the probe
   reads a width above a quarter of R (a broad background component, not a mode; a guard chosen on these sets).
 
-The first call's covariance: at sigma_max the exact x0_hat of Gaussian data N(m, C) is m + C (C + sigma^2)^-1
-(x - m), so Cov(x0_hat) = C (C + sigma^2)^-1 C, and each eigenvalue c of C is (l + sqrt(l^2 + 4 l sigma^2)) / 2
-from the eigenvalue l of Cov(x0_hat). The table reports how far this R is from the true largest standard deviation.
+The first call's covariance: at sigma_max the exact x0_hat of Gaussian data N(m, C) is m + A (x - m) with
+A = C (C + sigma^2)^-1, so the batch's regression of x0_hat on x gives C = sigma^2 A (I - A)^-1
+(`follow_width.data_covariance`). The table reports how far this R is from the true largest standard deviation.
+The probe is `follow_width.probe_rows` and `width_from_probe` (what the sampler runs, there in its third call).
 
 Scored at 10 calls against the exact PF-ODE map of the same noise (dgap) and with the issue's verdict (PASS: SW2
 and |gap| below every diffusers scheduler's stored row), on the stored 2-D sets.
@@ -51,12 +52,12 @@ import samplers_lowdim_validation as V  # noqa: E402
 import samplers_vs_diffusers as B  # noqa: E402
 
 import difflab  # noqa: E402
+from difflab import follow_width as fw  # noqa: E402
 
 RESULTS = HERE / "results"
 # auto's 10-level 2-D grid below sigma_max (samplers._TUNED["low"][10]) rounded to 3-4 digits; on these sets it
 # reproduces auto's stored figures (random 2-D 15/21, median |dgap| 0.023; wide toys 0/6, 0.155)
 TUNED = [13.86, 6.817, 2.866, 1.357, 0.731, 0.445, 0.179, 0.103, 0.043]
-SIGMA_P, N_PROBE = 0.15, 64
 C_MAX = 6.0  # the top interior level stays below sigma_max (157)
 SETS = ["2d", "2d_background", "2d_fullcov", "toys", "wide"]
 
@@ -80,30 +81,19 @@ def largest_std(gm) -> float:
 
 
 def first_call_fit(gm, noise):
-    """(mean, eigenvectors, eigenvalues of C) of the data, read from x0_hat at sigma_max alone (module docstring)."""
+    """(mean, eigenvectors, eigenvalues of C) of the data, read from x0_hat at sigma_max alone by
+    `follow_width.data_covariance` (the batch's regression of x0_hat on x)."""
     ab = float(B.SCHED.alpha_bars[-1])
     s = math.sqrt((1 - ab) / ab)
     x = noise.double() / math.sqrt(ab)
-    d = x - s * gm.eps_at(x * math.sqrt(ab), ab)
-    lam, vec = torch.linalg.eigh(torch.cov(d.T))
-    lam = lam.clamp(min=0)
-    return d.mean(0), vec, (lam + (lam * lam + 4 * lam * s * s).sqrt()) / 2
+    return fw.data_covariance(x, x - s * gm.eps_at(x * math.sqrt(ab), ab), s)
 
 
 def probe_width(gm, mean, vec, var, seed=5) -> float:
-    """The 10 % quantile of the widths read by antithetic pairs at sigma_p around points of the Gaussian fit."""
-    g = torch.Generator().manual_seed(seed)
-    xi = torch.randn(N_PROBE, gm.dim, generator=g, dtype=torch.float64)
-    n = torch.randn(N_PROBE, gm.dim, generator=g, dtype=torch.float64)
-    z = mean + (xi * var.sqrt()) @ vec.T
-    ab = 1 / (1 + SIGMA_P ** 2)
-
-    def den(y):
-        return y - SIGMA_P * gm.eps_at(y * math.sqrt(ab), ab)
-
-    a = ((den(z + SIGMA_P * n) - den(z - SIGMA_P * n)) * n).sum(1) / (2 * SIGMA_P * (n * n).sum(1))
-    a = a.clamp(1e-9, 1 - 1e-9)
-    return float(np.quantile((SIGMA_P * (a / (1 - a)).sqrt()).numpy(), 0.1))
+    """The width read by `follow_width`'s probe (antithetic pairs at sigma_p around points of the Gaussian fit)."""
+    rows, n = fw.probe_rows(mean, vec, var, seed)
+    ab = 1 / (1 + fw.SIGMA_P ** 2)
+    return fw.width_from_probe(rows - fw.SIGMA_P * gm.eps_at(rows * math.sqrt(ab), ab), n)
 
 
 def scale(w: float) -> float:
@@ -178,7 +168,7 @@ def report(allres: dict) -> str:
                          f"{changed} changed")
         lines.append(f"| {label} | {len(rows)} ({sum(r['map_pass'] for r in rows)}) | " + " | ".join(cells) + " |")
     r_err = max(abs(r["r_est"] / r["r_true"] - 1) for rows in allres.values() for r in rows)
-    lines += ["", f"The first call's estimate of the data's largest standard deviation R is within {100 * r_err:.1f} % "
+    lines += ["", f"The first call's estimate of the data's largest standard deviation R is within {100 * r_err:.2g} % "
               "of the truth on every mixture.", "",
               "The probe's width estimate against the narrowest true width, where the two give different c "
               "(|c_probe - c_oracle| > 0.2):", "", "| set | mixture | w_min | probe | c oracle | c probe |",

@@ -19,7 +19,7 @@ A sampler can read what it needs on the way (VE units, x = x_0 + sigma n):
   standard deviation), the "mode" is a broad background component and the grid is left as it is.
 
 Then the levels after the third are warped, sigma' = sigma_3 (sigma / sigma_3)^p, so that the lowest becomes
-c = max(1, 4 w) times its tuned value (`scaled_levels`). The probe adds 128 rows to one call; the number of calls
+c = max(1, 4 w) times its tuned value (`warped_levels`). The probe adds 128 rows to one call; the number of calls
 does not change.
 
 Measured (split_multistep, 10 calls, against the exact PF-ODE map of the same noise; benchmarks/results/
@@ -34,7 +34,7 @@ import math
 
 import torch
 
-__all__ = ["data_covariance", "probe_rows", "width_from_probe", "scaled_levels",
+__all__ = ["data_covariance", "probe_rows", "width_from_probe", "warped_levels",
            "SIGMA_P", "N_PROBE", "PROBE_CALL"]
 
 SIGMA_P = 0.15      # the probe's noise level (VE sigma)
@@ -84,7 +84,7 @@ def width_from_probe(x0_hat_rows: torch.Tensor, n: torch.Tensor) -> float:
     return float(torch.quantile(SIGMA_P * (a / (1 - a)).sqrt(), QUANTILE))
 
 
-def scaled_levels(rest: list[float], top: float, width: float, spread: float) -> list[float]:
+def warped_levels(rest: list[float], top: float, width: float, spread: float) -> list[float]:
     """The levels after the probe's (VE sigmas, decreasing; top: the probe's level), warped so that the lowest is
     c = max(1, WIDTH_FACTOR w) (at most C_MAX) times its tuned value: sigma' = top (sigma / top)^p with
     p = log(c sigma_low / top) / log(sigma_low / top), which keeps the tuned grid's step ratios in proportion

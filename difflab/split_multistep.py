@@ -124,7 +124,7 @@ def split_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
         x_vp = (x_ve * math.sqrt(levels[i])).to(dtype)
         if "probe" in state and i == fw.PROBE_CALL:  # the probe rows ride along; the levels after this one follow
             d, d_rows = _call_with_rows(denoiser, x_vp, levels[i], state["probe"][0], dtype, progress)
-            rest = fw.scaled_levels(sig[i + 1:], sig[i], fw.width_from_probe(d_rows, state["probe"][1]),
+            rest = fw.warped_levels(sig[i + 1:], sig[i], fw.width_from_probe(d_rows, state["probe"][1]),
                                     state["spread"])
             sig[i + 1:] = rest
             levels[i + 1:] = [1.0 / (1.0 + s * s) for s in rest]

@@ -25,7 +25,8 @@ def ring(radius, width, k=8):
 
 def test_first_call_gives_the_data_covariance():
     """x0_hat at sigma_max regressed on x: mean and covariance of a ring of radius 8 (plus its modes' width),
-    against numpy's moments of 10^6 draws (a different computation: no denoiser involved), within 1 %; and a
+    against numpy's moments of 10^6 draws (a different computation: no denoiser involved): entries of ~32 within
+    0.2, the mean within 0.02 (measured 0.019 and 0.0075; the draws' own sd 0.045 and 0.006); and a
     full-covariance Gaussian's mean and C exactly from a call at sigma 2."""
     gm = ring(8.0, 0.5)
     x = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * S_MAX
@@ -35,12 +36,13 @@ def test_first_call_gives_the_data_covariance():
     draws = gm.sample(10 ** 6, torch.Generator().manual_seed(1)).numpy()
     cov = (vec * var) @ vec.T
     assert np.allclose(mean.numpy(), draws.mean(0), atol=0.02)
-    assert np.allclose(cov.numpy(), np.cov(draws.T), rtol=0.01, atol=0.3)
+    assert np.allclose(cov.numpy(), np.cov(draws.T), rtol=0, atol=0.2)  # measured 0.019; the draws' own sd 0.045
     # Gaussian data: x0_hat is exactly linear at every sigma, so C comes back exactly, here at sigma 2
     c_true = torch.tensor([[2.0, 0.6], [0.6, 0.5]], dtype=torch.float64)
     gauss = GaussianMixture.from_covariances(torch.ones(1, dtype=torch.float64),
                                              torch.tensor([[1.0, -2.0]], dtype=torch.float64), c_true[None])
-    y = gauss.sample(500, torch.Generator().manual_seed(2)) + 2.0 * torch.randn(500, 2, dtype=torch.float64)
+    g = torch.Generator().manual_seed(2)
+    y = gauss.sample(500, g) + 2.0 * torch.randn(500, 2, generator=g, dtype=torch.float64)
     ab = 1 / (1 + 2.0 ** 2)
     mean, vec, var = fw.data_covariance(y, y - 2.0 * gauss.eps_at(y * math.sqrt(ab), ab), 2.0)
     assert torch.allclose((vec * var) @ vec.T, c_true, atol=1e-8)
@@ -51,14 +53,14 @@ def test_first_call_gives_the_data_covariance():
 def test_probe_reads_the_width_of_the_modes(width):
     """Antithetic pairs at sigma_p around points of the data's Gaussian fit: for modes of one width the
     10 % quantile is that width (exact for a Gaussian mode: x0_hat is linear in y with slope w^2 / (w^2 +
-    sigma_p^2)), to 2 %; for a single Gaussian to 1e-6."""
+    sigma_p^2)), to 0.1 % (measured: 2e-5 at most); for a single Gaussian to 1e-6."""
     gm = ring(6.0, width)
     draws = gm.sample(20000, torch.Generator().manual_seed(2))
     lam, vec = torch.linalg.eigh(torch.cov(draws.T))
     rows, n = fw.probe_rows(draws.mean(0), vec, lam)
     ab = 1 / (1 + fw.SIGMA_P ** 2)
     x0 = rows - fw.SIGMA_P * gm.eps_at(rows * math.sqrt(ab), ab)
-    assert fw.width_from_probe(x0, n) == pytest.approx(width, rel=0.02)
+    assert fw.width_from_probe(x0, n) == pytest.approx(width, rel=1e-3)
     one = GaussianMixture(torch.ones(1, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64),
                           torch.full((1, 2), width, dtype=torch.float64))
     x0 = rows - fw.SIGMA_P * one.eps_at(rows * math.sqrt(ab), ab)
