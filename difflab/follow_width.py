@@ -20,21 +20,29 @@ A sampler can read what it needs on the way (VE units, x = x_0 + sigma n):
 
 Then the levels after the third are warped, sigma' = sigma_3 (sigma / sigma_3)^p, so that the lowest becomes
 c = max(1, 4 w) times its tuned value (`warped_levels`). The probe adds 128 rows to one call; the number of calls
-does not change.
+does not change. `Follower` makes a sampler's calls this way: split_multistep, gauss_multistep and unipc take
+`follow_width=True`, and sampler="auto" turns it on from 9 calls (`samplers.AUTO_FOLLOW_FROM`).
 
-Measured (split_multistep, 10 calls, against the exact PF-ODE map of the same noise; benchmarks/results/
-samplers_follow_width.md): the wide classic toys pass 2 of 6 (0), median |error| 0.155 -> 0.061 nat, mass moved
-between modes 0.31 -> 0.15 %; the stored random, full-covariance, background and classic 2-D sets keep their PASS
-counts and medians (background 0.060 -> 0.047). On trained moons and ring MLPs the error to their own PF-ODE maps
-moves by at most 0.0004.
+Measured (auto's sampler at 10, 12 and 20 calls on the stored 2-8-D mixture sets, against the exact PF-ODE map of
+the same noise; benchmarks/results/samplers_follow_width.md): the wide classic toys pass 2 of 6 at 10 calls (0),
+median |error| 0.155 -> 0.061 nat, mass moved between modes 0.31 -> 0.15 %, and at 20 calls (UniPC) 0.034 ->
+0.012 nat. The stored random, full-covariance, background and classic sets keep their PASS counts but one (8-D at
+10 calls, 19 -> 18: a distance lost to the true set's noise while the error fell 0.182 -> 0.167); no set's median
+grows by more than 0.003 nat (2-D background 0.060 -> 0.047 at 10 calls, 0.019 -> 0.012 at 20). Networks trained
+by difflab see standardised data, where modes are narrow and the second call's covariance is noise: on moons,
+ring and three-blob MLPs the grid stays (nearly) as tuned, samples within 0.0013 of the tuned grid's distance to
+the nets' own PF-ODE maps.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
-__all__ = ["data_covariance", "probe_rows", "width_from_probe", "warped_levels",
+from .denoiser import Denoiser, predict_at
+
+__all__ = ["data_covariance", "probe_rows", "width_from_probe", "warped_levels", "Follower",
            "SIGMA_P", "N_PROBE", "PROBE_CALL"]
 
 SIGMA_P = 0.15      # the probe's noise level (VE sigma)
@@ -98,3 +106,55 @@ def warped_levels(rest: list[float], top: float, width: float, spread: float) ->
         return rest
     p = math.log(c * low / top) / math.log(low / top)
     return [top * (s / top) ** p for s in rest]
+
+
+def _call_with_rows(denoiser, x_vp, ab: float, rows_ve, progress):
+    """One denoiser call on the batch x_vp (N, ...) at level ab and on extra VE rows (M, D) at sigma_p: (x0_hat of
+    the batch, x0_hat of the rows), float64."""
+    ab_p = 1.0 / (1.0 + SIGMA_P ** 2)
+    rows = (rows_ve * math.sqrt(ab_p)).to(x_vp.dtype).reshape(-1, *x_vp.shape[1:])
+    levels = torch.cat([torch.full((len(x_vp),), ab, dtype=torch.float64),
+                        torch.full((len(rows),), ab_p, dtype=torch.float64)]).to(x_vp.device)
+    x0 = denoiser.predict(torch.cat([x_vp, rows]), levels)[0].double()
+    if progress:
+        progress()
+    return x0[:len(x_vp)], x0[len(x_vp):].reshape(len(rows), -1)
+
+
+class Follower:
+    """A sampler's denoiser calls, one per level, that warp the levels after call PROBE_CALL (module docstring).
+
+    levels: the grid's alpha_bars without the final 1.0 (floats, one per call); `sig` and `levels` (lists) are
+    the VE sigmas and alpha_bars the sampler must read after each call (they change once, after the probe's
+    call). follow: False gives plain calls (levels untouched); it is also off for grids of fewer than 5 levels,
+    batches of fewer than MIN_BATCH or data of more than 8 numbers per example. dtype: the denoiser's input."""
+
+    def __init__(self, denoiser: Denoiser, levels: list[float], n: int, dim: int, follow: bool, dtype,
+                 progress: Callable | None = None):
+        self.denoiser, self.progress, self.dtype = denoiser, progress, dtype
+        self.levels = [float(a) for a in levels]
+        self.sig = [math.sqrt((1 - a) / a) for a in self.levels]
+        self.follow = follow and len(self.levels) >= PROBE_CALL + 3 and n >= MIN_BATCH and dim <= 8
+        self.width = None  # the probe's reading, once made
+        self._probe = self._spread = None
+
+    def __call__(self, x_ve: torch.Tensor, i: int) -> torch.Tensor:
+        """x0_hat (float64, x_ve's shape) at level i for VE states x_ve: one call."""
+        x_vp = (x_ve * math.sqrt(self.levels[i])).to(self.dtype)
+        if self._probe is not None and i == PROBE_CALL:  # the probe rows ride along; the levels after this follow
+            d, d_rows = _call_with_rows(self.denoiser, x_vp, self.levels[i], self._probe[0], self.progress)
+            self.width = width_from_probe(d_rows, self._probe[1])
+            rest = warped_levels(self.sig[i + 1:], self.sig[i], self.width, self._spread)
+            self.sig[i + 1:] = rest
+            self.levels[i + 1:] = [1.0 / (1.0 + s * s) for s in rest]
+            return d
+        d = predict_at(self.denoiser, x_vp, self.levels[i], self.progress)[0].double()
+        if self.follow and i == PROBE_CALL - 1:  # the data's covariance from this call: where to probe, the spread
+            n = len(x_ve)
+            try:
+                mean, vec, var = data_covariance(x_ve.double().reshape(n, -1), d.reshape(n, -1), self.sig[i])
+            except torch.linalg.LinAlgError:  # a degenerate batch (e.g. repeated noise): the tuned grid
+                return d
+            self._spread = float(var.max().sqrt())
+            self._probe = probe_rows(mean, vec, var)
+        return d

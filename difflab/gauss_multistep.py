@@ -40,7 +40,8 @@ from collections.abc import Callable
 
 import torch
 
-from .denoiser import Denoiser, predict_at
+from .denoiser import Denoiser
+from .follow_width import Follower
 
 __all__ = ["cap_widths", "fit_width2", "gauss_final", "gauss_multistep"]
 
@@ -128,7 +129,8 @@ def _integral(u_i, u_j, pts, reach=None):
 def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None,
                     corrector: bool = True, reach: float = 1.0, max_ratio: float = 30.0,
                     width_scale: float = 1.0, width_cap: float | None = 100.0, cap_above: float = 0.0,
-                    progress: Callable | None = None, trajectory: list | None = None) -> torch.Tensor:
+                    follow_width: bool = False, progress: Callable | None = None,
+                    trajectory: list | None = None) -> torch.Tensor:
     """x_0 from x (N, ...) at grid[0] (VP units) by the Gaussian-exact multistep solver (module docstring).
 
     grid: (n + 1,) increasing alpha_bars ending with 1.0: one call per level, then the step to sigma = 0
@@ -139,19 +141,17 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
     fitted s^2 is multiplied by it (1: the solver; 0: a plain multistep in 1 / sigma; for ablations).
     width_cap, cap_above: at levels with sigma > cap_above (default: every fitted level), each element's s^2
     is capped at width_cap x the sample's median s^2 over its coordinates (`cap_widths`; None: no cap).
+    follow_width: warp the levels after the third to the data's mode width (`follow_width.Follower`).
     Arithmetic in float64, state in x's dtype."""
-    levels = [float(a) for a in grid[:-1]]
-    sig = [math.sqrt((1 - a) / a) for a in levels] + [0.0]
     dtype = x.dtype
-
-    def den(x_ve, i):  # x0_hat at level i (float64), one call
-        return predict_at(denoiser, (x_ve * math.sqrt(levels[i])).to(dtype), levels[i], progress)[0].double()
+    den = Follower(denoiser, grid[:-1].tolist(), len(x), x[0].numel(), follow_width, dtype, progress)
+    levels, sig = den.levels, den.sig  # the follower changes them (in place) after its probe call
 
     x = x.double() / math.sqrt(levels[0])  # VE state
     x_eval, d = x, den(x, 0)  # the point where the latest evaluation was made, and x0_hat there
     prev = None  # (x_eval, x0_hat, sigma) of the evaluation before
     for i in range(len(levels)):
-        s_i, s_j = sig[i], sig[i + 1]
+        s_i, s_j = sig[i], (sig[i + 1] if i + 1 < len(sig) else 0.0)
         s2 = torch.zeros_like(x) if prev is None else fit_width2(prev, (x_eval, d, s_i))
         s2 = width_scale * s2.clamp(max=(max_ratio * s_i) ** 2)
         if width_cap is not None and prev is not None and s_i > cap_above:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import follow_width as fw
 from . import gaussian as G
 from . import sde as sdes
 from .denoiser import Denoiser
@@ -809,8 +810,8 @@ def _unipc_coefs(rks, h, p, variant):
 
 
 def unipc(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, order: int | None = None,
-          variant: str = "bh2", corrector: bool = True, final: str = "gauss", progress: Callable | None = None,
-          trajectory: list | None = None):
+          variant: str = "bh2", corrector: bool = True, final: str = "gauss", follow_width: bool = False,
+          progress: Callable | None = None, trajectory: list | None = None):
     """UniPC (Zhao et al. 2023), data prediction in VE form, lambda = -log sigma, h = lambda_t - lambda_s:
 
     predictor UniP-p:  x_t = e^{-h} x_s + (1 - e^{-h}) D_s + B(h) sum_{k<p} a_k (D_{s_k} - D_s) / r_k,
@@ -819,19 +820,23 @@ def unipc(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=Non
     corrector use the weight 1/2 (the h -> 0 limit), as in the paper. One call per level, then the final
     step to ab = 1: final="gauss" (default; exact for locally Gaussian data, the width fitted per coordinate
     from the last two evaluations, `_gauss_final`), "ode" or "denoise" (`_ode_final`). order: 1..4 (ramped
-    up over the first steps); None: the order the tuned grid of this many levels was made for (`tuned_order`)."""
+    up over the first steps); None: the order the tuned grid of this many levels was made for (`tuned_order`).
+    follow_width: warp the levels after the third to the data's mode width (`follow_width.Follower`; data of at
+    most 8 numbers per example)."""
     if order is None:
         order = tuned_order(len(grid) - 1, x[0].numel())
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
-    levels = grid[:-1]
-    lam = [-math.log(_sig(a)) for a in levels]
-    D = _ve_x0(denoiser, progress)
-    x = x / math.sqrt(float(levels[0]))
+    den = fw.Follower(denoiser, grid[:-1].tolist(), len(x), x[0].numel(), follow_width, x.dtype, progress)
+    levels = den.levels  # the follower changes them (in place) after its probe call
+    lam = [-math.log(s) for s in den.sig]
+    x = x / math.sqrt(levels[0])
     hist, x_prev, evals = [], None, []
     for i in range(len(levels)):
-        d = D(x, levels[i])
-        evals = (evals + [(x, d, _sig(levels[i]))])[-2:]  # for final="gauss"
+        d = den(x, i).to(x.dtype)
+        if i == fw.PROBE_CALL:
+            lam = [-math.log(s) for s in den.sig]
+        evals = (evals + [(x, d, den.sig[i])])[-2:]  # for final="gauss"
         if i > 0 and corrector:
             x = _uni_update(hist, lam, i - 1, i, x_prev, min(order, i), variant, d_new=d)
         hist.append(d)
@@ -959,6 +964,8 @@ def auto_choice(nfe: int, dim: int) -> str:
     return "unipc"
 
 
+AUTO_FOLLOW_FROM = 9  # auto's grid follows the data's mode width (`follow_width`) from this many calls: at 8 calls
+#                      it moved the error around (2-D wide toys 3 closer, 3 farther; 6-D and 8-D wide modes farther)
 _ADAPTIVE = {"ode"}  # samplers whose call count the solver decides
 _SDE_SAMPLERS = {"euler_maruyama", "srk", "pc", "ode"}  # samplers with an sde= option
 
@@ -970,7 +977,7 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sampler: str = "ancestral", 
     largest noise level (VP units; SDE samplers rescale it to their own prior, e.g. x_ve = x / sqrt(ab_T)).
 
     sampler: one of NAMES, or "auto" (`auto_choice`: the sampler measured closest to the exact PF-ODE map
-    for this nfe and data size; where that is split_multistep, with follow_width=True unless told otherwise);
+    for this nfe and data size, with follow_width=True from AUTO_FOLLOW_FROM calls unless told otherwise);
     nfe: denoiser calls (default: the schedule's T; ignored by the adaptive
     "ode"); grid: override the sampler's default time grid (see `make_grid`); options go to the sampler
     (variance=, eta=, sde=, order=, snr=, final=, progress= (called once per call), trajectory=, ...).
@@ -980,10 +987,9 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sampler: str = "ancestral", 
     closer at about 10 calls, the first in 3 or more dimensions, the second in 2; UniPC at 20 calls
     (benchmarks/results/samplers_auto.md)."""
     if sampler == AUTO:
-        sampler = auto_choice(denoiser.schedule.T if nfe is None else int(nfe), noise[0].numel())
-        follow = options.pop("follow_width", True)  # split_multistep follows the mode width (`follow_width`)
-        if sampler == "split_multistep":
-            options["follow_width"] = follow
+        calls = denoiser.schedule.T if nfe is None else int(nfe)
+        sampler = auto_choice(calls, noise[0].numel())  # split_multistep, gauss_multistep or unipc
+        options.setdefault("follow_width", calls >= AUTO_FOLLOW_FROM)  # `follow_width`
     if sampler not in NAMES:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(NAMES)} or {AUTO}")
     spec = _SPECS[sampler]

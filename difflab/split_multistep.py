@@ -38,7 +38,7 @@ from collections.abc import Callable
 import torch
 
 from . import follow_width as fw
-from .denoiser import Denoiser, predict_at
+from .denoiser import Denoiser
 from .gauss_multistep import gauss_final
 
 __all__ = ["lagrange_weights", "split_multistep"]
@@ -87,19 +87,6 @@ def _step(x, u_i, nodes, sig_j, kind, reach=None):
     return (x * u_i + integral) / u_j
 
 
-def _call_with_rows(denoiser, x_vp, ab: float, rows_ve, dtype, progress):
-    """One denoiser call on the batch x_vp (N, ...) at level ab and on extra VE rows (M, D) at sigma_p: (x0_hat of
-    the batch, x0_hat of the rows), float64."""
-    ab_p = 1.0 / (1.0 + fw.SIGMA_P ** 2)
-    rows = (rows_ve * math.sqrt(ab_p)).to(dtype).reshape(-1, *x_vp.shape[1:])
-    levels = torch.cat([torch.full((len(x_vp),), ab, dtype=torch.float64),
-                        torch.full((len(rows),), ab_p, dtype=torch.float64)]).to(x_vp.device)
-    x0 = denoiser.predict(torch.cat([x_vp, rows]), levels)[0].double()
-    if progress:
-        progress()
-    return x0[:len(x_vp)], x0[len(x_vp):].reshape(len(rows), -1)
-
-
 @torch.inference_mode()
 def split_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None,
                     switch_sigma: float = 2.0, reach: float | None = 1.0, corrector: bool = True,
@@ -114,31 +101,9 @@ def split_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
     to the data's mode width, read from the second call and from 128 rows added to the third (`follow_width`
     module; data of at most 8 numbers per example, batches of 16 or more, grids of 5 or more levels).
     Arithmetic in float64, state in x's dtype."""
-    levels = [float(a) for a in grid[:-1]]
-    sig = [math.sqrt((1 - a) / a) for a in levels]
     dtype = x.dtype
-    follow = follow_width and len(levels) >= fw.PROBE_CALL + 3 and len(x) >= fw.MIN_BATCH and x[0].numel() <= 8
-    state = {}  # when following: "probe" (rows, directions) for call fw.PROBE_CALL, "spread"
-
-    def den(x_ve, i):  # x0_hat at level i (float64), one call
-        x_vp = (x_ve * math.sqrt(levels[i])).to(dtype)
-        if "probe" in state and i == fw.PROBE_CALL:  # the probe rows ride along; the levels after this one follow
-            d, d_rows = _call_with_rows(denoiser, x_vp, levels[i], state["probe"][0], dtype, progress)
-            rest = fw.warped_levels(sig[i + 1:], sig[i], fw.width_from_probe(d_rows, state["probe"][1]),
-                                    state["spread"])
-            sig[i + 1:] = rest
-            levels[i + 1:] = [1.0 / (1.0 + s * s) for s in rest]
-            return d
-        d = predict_at(denoiser, x_vp, levels[i], progress)[0].double()
-        if follow and i == fw.PROBE_CALL - 1:  # the data's covariance from this call: where to probe, the spread
-            try:
-                mean, vec, var = fw.data_covariance(x_ve.reshape(len(x_ve), -1), d.reshape(len(x_ve), -1), sig[i])
-            except torch.linalg.LinAlgError:  # a degenerate batch (e.g. repeated noise): the tuned grid
-                return d
-            state["spread"] = float(var.max().sqrt())
-            state["probe"] = fw.probe_rows(mean, vec, var)
-        return d
-
+    den = fw.Follower(denoiser, grid[:-1].tolist(), len(x), x[0].numel(), follow_width, dtype, progress)
+    levels, sig = den.levels, den.sig  # the follower changes them (in place) after its probe call
     x = x.double() / math.sqrt(levels[0])
     evals = [(x, den(x, 0), sig[0])]  # (x where evaluated, x0_hat there, sigma) of the last two evaluations
     for i in range(len(levels) - 1):

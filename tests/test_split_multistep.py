@@ -11,7 +11,7 @@ from scipy.integrate import quad
 import difflab
 from difflab import schedules
 from difflab.mixtures import GaussianMixture
-from difflab.samplers import auto_choice
+from difflab.samplers import AUTO_FOLLOW_FROM, auto_choice
 from difflab.split_multistep import lagrange_weights
 
 SCHED = schedules.linear(T=1000)
@@ -85,20 +85,22 @@ def test_each_idea_on_narrow_modes_against_the_exact_map(seed):
     assert abs(run(switch_sigma=0.0)[0]) > 0.12
 
 
-@pytest.mark.parametrize("dim,nfe,expected", [(2, 10, "split_multistep"), (2, 12, "split_multistep"),
-                                              (2, 14, "unipc"), (64, 10, "gauss_multistep"),
-                                              (64, 20, "unipc"), (2, 20, "unipc")])
+@pytest.mark.parametrize("dim,nfe,expected", [(2, 8, "unipc"), (2, 10, "split_multistep"), (2, 12, "split_multistep"),
+                                              (2, 14, "unipc"), (3, 10, "gauss_multistep"),
+                                              (64, 10, "gauss_multistep"), (64, 20, "unipc"), (2, 20, "unipc")])
 def test_auto_runs_the_sampler_measured_closest(dim, nfe, expected):
-    """sampler="auto" runs `auto_choice(nfe, dim)` (benchmarks/results/samplers_auto.md), the same samples
-    (split_multistep with follow_width=True unless auto is told otherwise)."""
-    mu = torch.randn(2, dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    """sampler="auto" runs `auto_choice(nfe, dim)` (benchmarks/results/samplers_auto.md), the same samples, with
+    follow_width=True from AUTO_FOLLOW_FROM (9) calls unless auto is told otherwise. Modes 0.3 wide: following
+    changes the samples in 2 and 3 dimensions (the grid's lowest level x 1.2); in 64 the follower is off."""
+    mu = 4 * torch.randn(2, dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     gm = GaussianMixture(torch.ones(2, dtype=torch.float64), mu, torch.full((2, dim), 0.3, dtype=torch.float64))
     noise = torch.randn(50, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     den = gm.denoiser(SCHED)
     assert auto_choice(nfe, dim) == expected
-    opts = {"follow_width": True} if expected == "split_multistep" else {}  # auto follows the mode width there
-    assert torch.equal(difflab.sample(den, noise, "auto", nfe=nfe), difflab.sample(den, noise, expected, nfe=nfe,
-                                                                               **opts))
-    if expected == "split_multistep":
-        assert torch.equal(difflab.sample(den, noise, "auto", nfe=nfe, follow_width=False),
-                           difflab.sample(den, noise, expected, nfe=nfe))
+    follows = nfe >= AUTO_FOLLOW_FROM
+    auto = difflab.sample(den, noise, "auto", nfe=nfe)
+    assert torch.equal(auto, difflab.sample(den, noise, expected, nfe=nfe, follow_width=follows))
+    plain = difflab.sample(den, noise, expected, nfe=nfe)
+    assert torch.equal(difflab.sample(den, noise, "auto", nfe=nfe, follow_width=False), plain)
+    if follows and dim <= 8:  # the check above can fail: following moves these samples
+        assert (auto - plain).abs().max() > 1e-3
