@@ -1,15 +1,18 @@
-"""split_multistep with and without `follow_width` on the stored 2-D mixture sets (issue 5).
+"""auto's sampler with and without `follow_width` on the stored 2-8-D mixture sets (issue 5).
 
-`follow_width=True` (difflab/follow_width.py; what sampler="auto" runs at 9 .. 12 calls in 1 .. 2 dimensions)
-reads the data's covariance from the second call and the mode width from 128 rows added to the third, then warps
-the levels after the third so that the lowest is max(1, 4 w) times its tuned value. This runs both on every
-mixture of the stored 2-D sets (same noise, seed 1; same judge; the stored diffusers rows) at 10 and 12 calls and
-scores them against the exact PF-ODE map of the same noise: dgap (gap minus the map's gap), mode_tv (mass moved
-between modes), SW2 to the map's samples; at 10 calls also the issue's verdict (PASS: SW2 and |gap| below every
-diffusers scheduler's stored row; the stored sets hold diffusers' rows at NFE 10 and 20 only).
+`follow_width=True` (difflab/follow_width.py; what sampler="auto" runs from 9 calls on data of at most 8 numbers
+per example) reads the data's covariance from the second call and the mode width from 128 rows added to the
+third, then warps the levels after the third so that the lowest is max(1, 4 w) times its tuned value. This runs
+the sampler auto picks (`auto_choice`: split_multistep in 2-D and gauss_multistep in 3-8-D at 10 and 12 calls,
+UniPC at 20) both ways on every mixture of the stored sets (same noise, seed 1; same judge; the stored diffusers
+rows) and scores them against the exact PF-ODE map of the same noise: dgap (gap minus the map's gap), mode_tv
+(mass moved between modes), SW2 to the map's samples; at 10 and 20 calls also the issue's verdict (PASS: SW2 and
+|gap| below every diffusers scheduler's stored row; the stored sets hold diffusers' rows at NFE 10 and 20 only).
+The "follow_width" rows are what auto gives; `samplers_standing.py` reads them.
 
-Run:  python benchmarks/samplers_follow_width.py --sets 2d,2d_n40000,toys --part a      (~6 min, one core)
-      python benchmarks/samplers_follow_width.py --sets 2d_background,2d_fullcov,wide --part b
+Run:  python benchmarks/samplers_follow_width.py --sets 2d,2d_n40000,toys --part a      (~10 min, one core)
+      python benchmarks/samplers_follow_width.py --sets 2d_background,2d_fullcov,wide --part b      (~8 min)
+      python benchmarks/samplers_follow_width.py --sets 3d,4d,8d,3d_fullcov --part c      (~8 min)
       python benchmarks/samplers_follow_width.py --report
 Writes benchmarks/results/samplers_follow_width_<part>.json, and samplers_follow_width.md from all parts.
 """
@@ -31,25 +34,30 @@ import samplers_vs_diffusers as B  # noqa: E402
 import samplers_width_oracle as W  # noqa: E402
 
 import difflab  # noqa: E402
+from difflab.samplers import auto_choice  # noqa: E402
 
 RESULTS = HERE / "results"
 VARIANTS = {"tuned": False, "follow_width": True}
-NFES = (10, 12)
+NFES = (10, 12, 20)
+JUDGED = (10, 20)  # the budgets with stored diffusers rows
 
 
 def run_set(label: str) -> list[dict]:
-    """Each mixture of a stored set: both variants at each NFE against the exact map of the same noise."""
+    """Each mixture of a stored set: auto's sampler both ways at each NFE against the exact map of the same noise."""
     out = []
     for res, gm in W.stored(label):
         t0 = time.time()
-        noise, judge, ref, gap_ref, b_sw, b_gap = W.setup(res, gm)
-        row = {"mixture": res["mixture"], "n": res["n"], "map_pass": V.map_passes(res, 10), "rows": {}}
+        noise, judge, ref, gap_ref, *_ = W.setup(res, gm)
+        row = {"mixture": res["mixture"], "n": res["n"], "dim": gm.dim, "rows": {},
+               **{f"map_pass@{k}": V.map_passes(res, k) for k in JUDGED}}
         for nfe in NFES:
+            b_sw, b_gap = V.best_diffusers(res, nfe) if nfe in JUDGED else (None, None)
+            sampler = auto_choice(nfe, gm.dim)
             for name, follow in VARIANTS.items():
-                x = difflab.sample(gm.fast_denoiser(B.SCHED), noise, "split_multistep", nfe=nfe, follow_width=follow)
+                x = difflab.sample(gm.fast_denoiser(B.SCHED), noise, sampler, nfe=nfe, follow_width=follow)
                 sw, gap = judge(x)
-                r = {"sw2": sw, "gap": gap, "dgap": gap - gap_ref, **V.to_map(gm, judge, x, ref)}
-                if nfe == 10:
+                r = {"sampler": sampler, "sw2": sw, "gap": gap, "dgap": gap - gap_ref, **V.to_map(gm, judge, x, ref)}
+                if b_sw is not None:
                     r["pass"] = V.beats({"sw2": sw, "gap": gap}, b_sw, b_gap)
                 row["rows"][f"{name}@{nfe}"] = r
         out.append(row)
@@ -60,23 +68,27 @@ def run_set(label: str) -> list[dict]:
 
 
 def report(allres: dict) -> str:
-    lines = ["# split_multistep with and without follow_width on the stored 2-D sets (issue 5)", "",
+    lines = ["# auto's sampler with and without follow_width on the stored 2-8-D sets (issue 5)", "",
              "Generated by `benchmarks/samplers_follow_width.py` (see its docstring). Exact mixture denoisers, linear "
-             "schedule T = 1000, each set's stored mixtures, n and diffusers rows. Per cell: tuned grid / "
-             "follow_width. PASS only at NFE 10 (diffusers' rows are stored at 10 and 20 calls).", "",
-             "| set | mixtures | NFE | PASS (map) | abs dgap median | abs dgap mean | mass moved % | SW2 to map | "
-             "closer to the map |", "|---|---|---|---|---|---|---|---|---|"]
+             "schedule T = 1000, each set's stored mixtures, n and diffusers rows; the sampler `auto_choice` picks "
+             "for the budget and dimension. Per cell: tuned grid / follow_width (what auto runs). PASS at NFE 10 and "
+             "20 (diffusers' rows are stored there).", "",
+             "| set | mixtures | NFE | sampler | PASS (map) | abs dgap median | abs dgap mean | mass moved % | "
+             "SW2 to map | closer to the map |", "|---|---|---|---|---|---|---|---|---|---|"]
     for label, rows in allres.items():
         for nfe in NFES:
+            if f"tuned@{nfe}" not in rows[0]["rows"] or "map_pass@20" not in rows[0]:  # an older format
+                continue
             a, b = ([r["rows"][f"{k}@{nfe}"] for r in rows] for k in VARIANTS)
             da, db = np.abs([r["dgap"] for r in a]), np.abs([r["dgap"] for r in b])
             cell = (f"{sum(r['pass'] for r in a)} / {sum(r['pass'] for r in b)} "
-                    f"({sum(r['map_pass'] for r in rows)})") if nfe == 10 else "-"
+                    f"({sum(r[f'map_pass@{nfe}'] for r in rows)})") if nfe in JUDGED else "-"
+            tv_a, tv_b = (100 * np.mean([r["mode_tv"] for r in v]) for v in (a, b))
+            sw_a, sw_b = (np.mean([r["sw2_to_map"] for r in v]) for v in (a, b))
             lines.append(
-                f"| {label} | {len(rows)} | {nfe} | {cell} | {np.median(da):.3f} / {np.median(db):.3f} | "
-                f"{da.mean():.3f} / {db.mean():.3f} | {100 * np.mean([r['mode_tv'] for r in a]):.2f} / "
-                f"{100 * np.mean([r['mode_tv'] for r in b]):.2f} | {np.mean([r['sw2_to_map'] for r in a]):.4f} / "
-                f"{np.mean([r['sw2_to_map'] for r in b]):.4f} | {int((db < da - 0.01).sum())} closer, "
+                f"| {label} | {len(rows)} | {nfe} | {a[0]['sampler']} | {cell} | {np.median(da):.3f} / "
+                f"{np.median(db):.3f} | {da.mean():.3f} / {db.mean():.3f} | {tv_a:.2f} / {tv_b:.2f} | "
+                f"{sw_a:.4f} / {sw_b:.4f} | {int((db < da - 0.01).sum())} closer, "
                 f"{int((db > da + 0.01).sum())} farther (by 0.01 nat) |")
     return "\n".join(lines) + "\n"
 
