@@ -23,6 +23,18 @@ c = max(1, 4 w) times its tuned value (`warped_levels`). The probe adds 128 rows
 does not change. `Follower` makes a sampler's calls this way: split_multistep, gauss_multistep and unipc take
 `follow_width=True`, and sampler="auto" turns it on from 9 calls (`samplers.AUTO_FOLLOW_FROM`).
 
+**The top of the grid follows the spread of the data's modes** (`follow_spread=True`, also auto's default from 9
+calls; any dimension). The tuned grids' second level (13.9 .. 47) suits data whose modes spread up to about that;
+modes far wider apart are chosen in the one long step from sigma_max (64-D, eight modes 1 wide at means
+8 N(0, I): 6.5 % of the mass in other modes than the exact map's at 20 calls). The first call gives
+tr(C) = E[(x0_hat - m) . (x - m)] (exact for Gaussian data; from 16 numbers per example the modes' widths, C's
+median eigenvalue, taken out: `between_spread`), and where that spread S_b exceeds 1.25 x the second level the
+levels after the first are stretched in log sigma about the lowest so that the second is S_b (`topped_levels`).
+A first call whose x0_hat varies more than a denoiser's can (a trained network's eps error, times sigma_max = 157)
+reads nothing. Measured (benchmarks/results/samplers_follow_spread.md): on such mixtures in 16 and 64 dimensions
+the mass moved falls from 1.7-13 % to 0.05-1.2 %; of the stored validation sets only the ring of radius 20 is
+wide enough to change (10 calls, -0.204 -> -0.186 nat).
+
 Measured (auto's sampler at 10, 12 and 20 calls on the stored 2-8-D mixture sets, against the exact PF-ODE map of
 the same noise; benchmarks/results/samplers_follow_width.md): the wide classic toys pass 2 of 6 at 10 calls (0),
 median |error| 0.155 -> 0.061 nat, mass moved between modes 0.31 -> 0.15 %, and at 20 calls (UniPC) 0.034 ->
@@ -42,8 +54,8 @@ import torch
 
 from .denoiser import Denoiser, predict_at
 
-__all__ = ["data_covariance", "probe_rows", "width_from_probe", "warped_levels", "Follower",
-           "SIGMA_P", "N_PROBE", "PROBE_CALL"]
+__all__ = ["data_covariance", "probe_rows", "width_from_probe", "warped_levels", "between_spread",
+           "topped_levels", "Follower", "SIGMA_P", "N_PROBE", "PROBE_CALL"]
 
 SIGMA_P = 0.15      # the probe's noise level (VE sigma)
 N_PROBE = 64        # probe points, each sent as an antithetic pair
@@ -52,6 +64,11 @@ WIDTH_FACTOR = 4.0  # c = max(1, WIDTH_FACTOR w)
 C_MAX = 6.0         # the largest scale
 BACKGROUND = 0.25   # widths above BACKGROUND x R are a broad component, not a mode: no scaling
 MIN_BATCH = 16      # smaller batches keep the tuned grid (the covariance would be noise)
+MAX_DIM = 8         # data of more numbers per example keep the tuned grid (measured in 2-8 dimensions only)
+TOP_MARGIN = 1.5    # follow_spread: the second level stays at least this factor below sigma_max
+TOP_TRIGGER = 1.25  # follow_spread stretches the grid only for data whose modes spread beyond this x its 2nd level
+BETWEEN_DIM = 16    # from this many numbers per example the modes' widths are taken out of the spread
+SPREAD_SLACK = 2.0  # the spread is read only where sum Var(x0_hat) <= SLACK S^4 / sigma^2 (`between_spread`)
 PROBE_CALL = 2      # the call (0-based) that carries the probe rows; the covariance from the one before
 
 
@@ -108,6 +125,50 @@ def warped_levels(rest: list[float], top: float, width: float, spread: float) ->
     return [top * (s / top) ** p for s in rest]
 
 
+def between_spread(x: torch.Tensor, x0_hat: torch.Tensor, sigma: float) -> float | None:
+    """S_b, the spread of the data's modes about their mean (sqrt of the between-mode part of trace C), from one call
+    at sigma (x, x0_hat: (N, D) float64 VE states and x0_hat there); None where the call does not read as a
+    denoiser's or the batch is too small for the data's dimension.
+
+    E[(x0_hat - m) . (x - m)] = tr(A (C + sigma^2 I)) = tr(C) with A = C (C + sigma^2 I)^-1 (exact for Gaussian
+    data at any sigma, close for any data far above its scale). The check: x0_hat's own spread,
+    sum Var(x0_hat) = tr(C^2 (C + sigma^2 I)^-1), cannot exceed tr(C)^2 / sigma^2; SPREAD_SLACK times that is
+    allowed (a trained network's error in eps, times sigma, breaks it: at sigma_max = 157 it swamps C / sigma^2).
+    From 16 numbers per example the modes' own widths are taken out: C's eigenvalues (`data_covariance`, batches of
+    at least 2 D) above their median are the between-mode part, the median the modes' width (high-dimensional
+    mixtures hold most of tr(C) in their modes' widths: 256-D seed 3 of the stored sets 32.6 of 32.8)."""
+    n, d = x.shape
+    xc, dc = x - x.mean(0), x0_hat - x0_hat.mean(0)
+    s2 = float((xc * dc).sum()) / (n - 1)
+    if not (math.isfinite(s2) and s2 > 0):
+        return None
+    if float((dc * dc).sum()) / (n - 1) > SPREAD_SLACK * s2 * s2 / (sigma * sigma):
+        return None
+    if d < BETWEEN_DIM:
+        return math.sqrt(s2)
+    if n < 2 * d:
+        return None
+    try:
+        var = data_covariance(x, x0_hat, sigma)[2]
+    except torch.linalg.LinAlgError:
+        return None
+    return float((var - var.median()).clamp(min=0).sum().sqrt())
+
+
+def topped_levels(rest: list[float], sigma_max: float, spread: float) -> list[float]:
+    """The levels after the first (VE sigmas, decreasing), stretched in log sigma about the lowest so that the
+    first of them is the spread of the data's modes S_b (`between_spread`; at most sigma_max / TOP_MARGIN):
+    sigma' = low (sigma / low)^q, q = log(S_b / low) / log(sigma_1 / low). Only where S_b > TOP_TRIGGER sigma_1: the
+    tuned grids' second level (13.9 .. 47) suits data whose modes spread up to about that; wider data choose their
+    modes where such a grid has one long step (64-D, eight modes 1 wide at means 8 N(0, I), S_b = 64: 6.5 % of the
+    mass in other modes than the exact map's at 20 calls). Unchanged otherwise."""
+    top, low = min(spread, sigma_max / TOP_MARGIN), rest[-1]
+    if len(rest) < 2 or spread <= TOP_TRIGGER * rest[0] or top <= rest[0] or rest[0] <= low:
+        return rest
+    q = math.log(top / low) / math.log(rest[0] / low)
+    return [low * (s / low) ** q for s in rest]
+
+
 def _call_with_rows(denoiser, x_vp, ab: float, rows_ve, progress):
     """One denoiser call on the batch x_vp (N, ...) at level ab and on extra VE rows (M, D) at sigma_p: (x0_hat of
     the batch, x0_hat of the rows), float64."""
@@ -122,21 +183,28 @@ def _call_with_rows(denoiser, x_vp, ab: float, rows_ve, progress):
 
 
 class Follower:
-    """A sampler's denoiser calls, one per level, that warp the levels after call PROBE_CALL (module docstring).
+    """A sampler's denoiser calls, one per level, that warp the levels after the first call (follow_spread) and
+    after call PROBE_CALL (follow_width; module docstring).
 
     levels: the grid's alpha_bars without the final 1.0 (floats, one per call); `sig` and `levels` (lists) are
-    the VE sigmas and alpha_bars the sampler must read after each call (they change once, after the probe's
-    call). follow: False gives plain calls (levels untouched); it is also off for grids of fewer than 5 levels,
-    batches of fewer than MIN_BATCH or data of more than 8 numbers per example. dtype: the denoiser's input."""
+    the VE sigmas and alpha_bars the sampler must read after each call (they change after the first and the
+    probe's call). follow: the width (off for grids of fewer than 5 levels, batches of fewer than MIN_BATCH or data
+    of more than MAX_DIM numbers per example); spread: the top (`topped_levels`; off for grids of fewer than 3
+    levels or batches of fewer than MIN_BATCH). Both False: plain calls. dtype: the denoiser's input."""
 
     def __init__(self, denoiser: Denoiser, levels: list[float], n: int, dim: int, follow: bool, dtype,
-                 progress: Callable | None = None):
+                 progress: Callable | None = None, spread: bool = False):
         self.denoiser, self.progress, self.dtype = denoiser, progress, dtype
         self.levels = [float(a) for a in levels]
         self.sig = [math.sqrt((1 - a) / a) for a in self.levels]
-        self.follow = follow and len(self.levels) >= PROBE_CALL + 3 and n >= MIN_BATCH and dim <= 8
-        self.width = None  # the probe's reading, once made
-        self._probe = self._spread = None
+        self.follow = follow and len(self.levels) >= PROBE_CALL + 3 and n >= MIN_BATCH and dim <= MAX_DIM
+        self.follow_spread = spread and len(self.levels) >= 3 and n >= MIN_BATCH
+        self.width = self.spread = None  # the readings (mode width, total spread), once made
+        self._probe = self._largest_std = None
+
+    def _set_rest(self, i: int, rest: list[float]):
+        self.sig[i + 1:] = rest
+        self.levels[i + 1:] = [1.0 / (1.0 + s * s) for s in rest]
 
     def __call__(self, x_ve: torch.Tensor, i: int) -> torch.Tensor:
         """x0_hat (float64, x_ve's shape) at level i for VE states x_ve: one call."""
@@ -144,17 +212,23 @@ class Follower:
         if self._probe is not None and i == PROBE_CALL:  # the probe rows ride along; the levels after this follow
             d, d_rows = _call_with_rows(self.denoiser, x_vp, self.levels[i], self._probe[0], self.progress)
             self.width = width_from_probe(d_rows, self._probe[1])
-            rest = warped_levels(self.sig[i + 1:], self.sig[i], self.width, self._spread)
-            self.sig[i + 1:] = rest
-            self.levels[i + 1:] = [1.0 / (1.0 + s * s) for s in rest]
+            rest = self.sig[i + 1:]
+            if (warped := warped_levels(rest, self.sig[i], self.width, self._largest_std)) is not rest:
+                self._set_rest(i, warped)
             return d
         d = predict_at(self.denoiser, x_vp, self.levels[i], self.progress)[0].double()
+        if self.follow_spread and i == 0:  # the data's total spread from the first call: the levels after it follow
+            n = len(x_ve)
+            self.spread = between_spread(x_ve.double().reshape(n, -1), d.reshape(n, -1), self.sig[0])
+            rest = self.sig[1:]
+            if self.spread is not None and (topped := topped_levels(rest, self.sig[0], self.spread)) is not rest:
+                self._set_rest(0, topped)  # only when changed: alpha_bars recomputed from sigma differ in rounding
         if self.follow and i == PROBE_CALL - 1:  # the data's covariance from this call: where to probe, the spread
             n = len(x_ve)
             try:
                 mean, vec, var = data_covariance(x_ve.double().reshape(n, -1), d.reshape(n, -1), self.sig[i])
             except torch.linalg.LinAlgError:  # a degenerate batch (e.g. repeated noise): the tuned grid
                 return d
-            self._spread = float(var.max().sqrt())
+            self._largest_std = float(var.max().sqrt())
             self._probe = probe_rows(mean, vec, var)
         return d

@@ -129,7 +129,7 @@ def _integral(u_i, u_j, pts, reach=None):
 def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None,
                     corrector: bool = True, reach: float = 1.0, max_ratio: float = 30.0,
                     width_scale: float = 1.0, width_cap: float | None = 100.0, cap_above: float = 0.0,
-                    follow_width: bool = False, progress: Callable | None = None,
+                    follow_width: bool = False, follow_spread: bool = False, progress: Callable | None = None,
                     trajectory: list | None = None) -> torch.Tensor:
     """x_0 from x (N, ...) at grid[0] (VP units) by the Gaussian-exact multistep solver (module docstring).
 
@@ -141,10 +141,11 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
     fitted s^2 is multiplied by it (1: the solver; 0: a plain multistep in 1 / sigma; for ablations).
     width_cap, cap_above: at levels with sigma > cap_above (default: every fitted level), each element's s^2
     is capped at width_cap x the sample's median s^2 over its coordinates (`cap_widths`; None: no cap).
-    follow_width: warp the levels after the third to the data's mode width (`follow_width.Follower`).
+    follow_width, follow_spread: the grid follows the data's mode width and total spread (`follow_width.Follower`).
     Arithmetic in float64, state in x's dtype."""
     dtype = x.dtype
-    den = Follower(denoiser, grid[:-1].tolist(), len(x), x[0].numel(), follow_width, dtype, progress)
+    den = Follower(denoiser, grid[:-1].tolist(), len(x), x[0].numel(), follow_width, dtype, progress,
+                   spread=follow_spread)
     levels, sig = den.levels, den.sig  # the follower changes them (in place) after its probe call
 
     x = x.double() / math.sqrt(levels[0])  # VE state

@@ -811,7 +811,7 @@ def _unipc_coefs(rks, h, p, variant):
 
 def unipc(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None, order: int | None = None,
           variant: str = "bh2", corrector: bool = True, final: str = "gauss", follow_width: bool = False,
-          progress: Callable | None = None, trajectory: list | None = None):
+          follow_spread: bool = False, progress: Callable | None = None, trajectory: list | None = None):
     """UniPC (Zhao et al. 2023), data prediction in VE form, lambda = -log sigma, h = lambda_t - lambda_s:
 
     predictor UniP-p:  x_t = e^{-h} x_s + (1 - e^{-h}) D_s + B(h) sum_{k<p} a_k (D_{s_k} - D_s) / r_k,
@@ -822,19 +822,19 @@ def unipc(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=Non
     from the last two evaluations, `_gauss_final`), "ode" or "denoise" (`_ode_final`). order: 1..4 (ramped
     up over the first steps); None: the order the tuned grid of this many levels was made for (`tuned_order`).
     follow_width: warp the levels after the third to the data's mode width (`follow_width.Follower`; data of at
-    most 8 numbers per example)."""
+    most 8 numbers per example). follow_spread: stretch the levels after the first to the data's total spread."""
     if order is None:
         order = tuned_order(len(grid) - 1, x[0].numel())
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
-    den = fw.Follower(denoiser, grid[:-1].tolist(), len(x), x[0].numel(), follow_width, x.dtype, progress)
-    levels = den.levels  # the follower changes them (in place) after its probe call
-    lam = [-math.log(s) for s in den.sig]
+    den = fw.Follower(denoiser, grid[:-1].tolist(), len(x), x[0].numel(), follow_width, x.dtype, progress,
+                      spread=follow_spread)
+    levels = den.levels  # the follower changes them (in place) after its first and its probe call
     x = x / math.sqrt(levels[0])
     hist, x_prev, evals = [], None, []
     for i in range(len(levels)):
         d = den(x, i).to(x.dtype)
-        if i == fw.PROBE_CALL:
+        if i in (0, fw.PROBE_CALL):
             lam = [-math.log(s) for s in den.sig]
         evals = (evals + [(x, d, den.sig[i])])[-2:]  # for final="gauss"
         if i > 0 and corrector:
@@ -990,6 +990,7 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sampler: str = "ancestral", 
         calls = denoiser.schedule.T if nfe is None else int(nfe)
         sampler = auto_choice(calls, noise[0].numel())  # split_multistep, gauss_multistep or unipc
         options.setdefault("follow_width", calls >= AUTO_FOLLOW_FROM)  # `follow_width`
+        options.setdefault("follow_spread", calls >= AUTO_FOLLOW_FROM)
     if sampler not in NAMES:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(NAMES)} or {AUTO}")
     spec = _SPECS[sampler]

@@ -90,7 +90,7 @@ def _step(x, u_i, nodes, sig_j, kind, reach=None):
 @torch.inference_mode()
 def split_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=None,
                     switch_sigma: float = 2.0, reach: float | None = 1.0, corrector: bool = True,
-                    follow_width: bool = False,
+                    follow_width: bool = False, follow_spread: bool = False,
                     progress: Callable | None = None, trajectory: list | None = None) -> torch.Tensor:
     """x_0 from x (N, ...) at grid[0] (VP units) by the split multistep solver (module docstring).
 
@@ -100,9 +100,12 @@ def split_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
     corrector: correct each step with the new evaluation (free). follow_width: warp the levels after the third
     to the data's mode width, read from the second call and from 128 rows added to the third (`follow_width`
     module; data of at most 8 numbers per example, batches of 16 or more, grids of 5 or more levels).
+    follow_spread: stretch the levels after the first to the data's total spread, read from the first call
+    (`follow_width.topped_levels`; any dimension).
     Arithmetic in float64, state in x's dtype."""
     dtype = x.dtype
-    den = fw.Follower(denoiser, grid[:-1].tolist(), len(x), x[0].numel(), follow_width, dtype, progress)
+    den = fw.Follower(denoiser, grid[:-1].tolist(), len(x), x[0].numel(), follow_width, dtype, progress,
+                      spread=follow_spread)
     levels, sig = den.levels, den.sig  # the follower changes them (in place) after its probe call
     x = x.double() / math.sqrt(levels[0])
     evals = [(x, den(x, 0), sig[0])]  # (x where evaluated, x0_hat there, sigma) of the last two evaluations
