@@ -8,7 +8,9 @@ UniPC at 20) both ways on every mixture of the stored sets (same noise, seed 1; 
 rows) and scores them against the exact PF-ODE map of the same noise: dgap (gap minus the map's gap), mode_tv
 (mass moved between modes), SW2 to the map's samples; at 10 and 20 calls also the issue's verdict (PASS: SW2 and
 |gap| below every diffusers scheduler's stored row; the stored sets hold diffusers' rows at NFE 10 and 20 only).
-The "follow_width" rows are what auto gives; `samplers_standing.py` reads them.
+The "follow_width" rows also stretch the grid's top to the spread of the data's modes (`follow_spread`, auto's
+default too; of these sets it changes only the ring of radius 20 at 10 calls): they are what auto gives, and
+`samplers_standing.py` reads them.
 
 Run:  python benchmarks/samplers_follow_width.py --sets 2d,2d_n40000,toys --part a      (~10 min, one core)
       python benchmarks/samplers_follow_width.py --sets 2d_background,2d_fullcov,wide --part b      (~8 min)
@@ -54,7 +56,8 @@ def run_set(label: str) -> list[dict]:
             b_sw, b_gap = V.best_diffusers(res, nfe) if nfe in JUDGED else (None, None)
             sampler = auto_choice(nfe, gm.dim)
             for name, follow in VARIANTS.items():
-                x = difflab.sample(gm.fast_denoiser(B.SCHED), noise, sampler, nfe=nfe, follow_width=follow)
+                x = difflab.sample(gm.fast_denoiser(B.SCHED), noise, sampler, nfe=nfe, follow_width=follow,
+                                   follow_spread=follow)
                 sw, gap = judge(x)
                 r = {"sampler": sampler, "sw2": sw, "gap": gap, "dgap": gap - gap_ref, **V.to_map(gm, judge, x, ref)}
                 if b_sw is not None:
