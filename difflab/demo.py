@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from . import checkpoint as ckpt
 from .config import load_config
 from .errors import UserError
 from .generate import generate, save_npz
@@ -21,6 +22,11 @@ __all__ = ["run_demo"]
 
 NFE = 200  # the demo samples with the ancestral sampler respaced to 200 of the T = 1000 steps (measured on one
 # checkpoint: 91.5% confident at 200 against 89.0% at 100, 87.1% with unipc at 20)
+
+
+MIN_STEPS = 1600  # training steps per 9.5 minutes of budget, at least: a host that trains slower trains on past
+# the budget (fresh-clone runs judged by benchmarks/judge_digits.py: 85.0 % confident after 1070 steps on a host
+# at 2.7 steps/s, 88.9 % after 1359, 89.4 % after 1619, 88.9-92.5 % after ~2100 at 5.2 steps/s; the target is 88 %)
 
 
 def _sampling_seconds(cfg, n: int, nfe: int) -> float:
@@ -39,7 +45,8 @@ def _sampling_seconds(cfg, n: int, nfe: int) -> float:
 
 def run_demo(out: Path, minutes: float = 9.5, n: int = 1000, seed: int = 0, progress: bool = True) -> dict:
     """Train, sample and plot into `out` within about `minutes` of wall time in all (training gets
-    what the measured cost of sampling leaves). Returns a dict of the written paths and timings."""
+    what the measured cost of sampling leaves, but at least MIN_STEPS x minutes / 9.5 steps: a slow machine takes
+    longer). Returns a dict of the written paths and timings."""
     from . import data as data_lib
     from . import plots
     from .runs import build_schedule, load_run
@@ -58,6 +65,12 @@ def run_demo(out: Path, minutes: float = 9.5, n: int = 1000, seed: int = 0, prog
     cfg.steps, cfg.minutes = None, train_min
     _say(progress, f"[1/3] training a DDPM on the 8x8 digits for {train_min:.1f} minutes -> {run}")
     train(cfg, run, progress=progress)
+    floor = round(MIN_STEPS * minutes / 9.5)
+    done = ckpt.load(run)[1]["step"]
+    if done < floor:  # a slow host: quality needs the steps, so the budget gives way
+        _say(progress, f"      this machine trained {done} steps in the budget; training on to {floor} "
+             f"(~{(floor - done) * train_min * 60 / max(done, 1) / 60:.1f} more minutes)")
+        train(cfg, run, resume=True, progress=progress, overrides={"steps": floor, "minutes": None})
     t_train = time.perf_counter() - t0
 
     _say(progress, f"[2/3] drawing {n} samples with the ancestral sampler ({NFE} of T = {cfg.T} steps, "
@@ -79,7 +92,7 @@ def run_demo(out: Path, minutes: float = 9.5, n: int = 1000, seed: int = 0, prog
     paths["loss_png"] = plots.loss_curve(run / "log.jsonl", out / "loss.png")
     info = {"train_s": round(t_train, 1), "sample_s": round(t_sample, 1),
             "total_s": round(time.perf_counter() - t0, 1), "n_samples": n,
-            "steps": json.loads((run / "config.json").read_text()).get("steps"),
+            "steps": ckpt.load(run)[1]["step"],
             **{k: str(v) for k, v in paths.items()}}
     (out / "demo.json").write_text(json.dumps(info, indent=2))
     print(f"demo done in {info['total_s'] / 60:.1f} min (training {t_train / 60:.1f}, sampling {t_sample / 60:.1f})")

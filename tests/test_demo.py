@@ -1,8 +1,9 @@
-"""The demo end to end, on a tiny budget: every promised file is written and readable."""
+"""The demo end to end, on a tiny budget: every promised file is written and readable, and training reaches
+its floor of steps."""
 import numpy as np
 from PIL import Image
 
-from difflab.demo import run_demo
+from difflab.demo import MIN_STEPS, run_demo
 
 
 def test_demo_writes_everything(tmp_path):
@@ -14,3 +15,5 @@ def test_demo_writes_everything(tmp_path):
     x = np.load(out / "samples.npz")["samples"]
     assert x.shape == (12, 1, 8, 8) and 0 <= x.min() and x.max() <= 1
     assert (out / "run" / "checkpoint.safetensors").exists() and info["n_samples"] == 12
+    # at least MIN_STEPS per 9.5 minutes of budget: a machine too slow for that trains on past the budget
+    assert info["steps"] >= round(MIN_STEPS * 0.2 / 9.5)
