@@ -31,9 +31,13 @@ tr(C) = E[(x0_hat - m) . (x - m)] (exact for Gaussian data; from 16 numbers per 
 median eigenvalue, taken out: `between_spread`), and where that spread S_b exceeds 1.25 x the second level the
 levels after the first are stretched in log sigma about the lowest so that the second is S_b (`topped_levels`).
 A first call whose x0_hat varies more than a denoiser's can (a trained network's eps error, times sigma_max = 157)
-reads nothing. Measured (benchmarks/results/samplers_follow_spread.md): on such mixtures in 16 and 64 dimensions
-the mass moved falls from 1.7-13 % to 0.05-1.2 %; of the stored validation sets only the ring of radius 20 is
-wide enough to change (10 calls, -0.204 -> -0.186 nat).
+reads nothing; but a small scale error in a network's eps (x0_hat = beta x) reads as spread (the demo's digits
+U-Net: 38.7 where the digits' is about 4; docs/samplers.md, "What is not met yet"). Measured
+(benchmarks/results/samplers_follow_spread.md, eight modes 1 wide at means s N(0, I) in 8, 16 and 64 dimensions):
+where it triggers the mass moved falls from 1.55-14.65 % to 0.05-1.25 % and two cases pass
+that did not, but at 10 calls in 16-64 dimensions, with fewer levels left below, the log-density gap grows (16-D
+s = 8: -0.08 -> -0.29 nat). Of the stored validation sets only the ring of radius 20 is wide enough to change (10
+calls, -0.204 -> -0.186 nat).
 
 Measured (auto's sampler at 10, 12 and 20 calls on the stored 2-8-D mixture sets, against the exact PF-ODE map of
 the same noise; benchmarks/results/samplers_follow_width.md): the wide classic toys pass 2 of 6 at 10 calls (0),
@@ -199,7 +203,7 @@ class Follower:
         self.sig = [math.sqrt((1 - a) / a) for a in self.levels]
         self.follow = follow and len(self.levels) >= PROBE_CALL + 3 and n >= MIN_BATCH and dim <= MAX_DIM
         self.follow_spread = spread and len(self.levels) >= 3 and n >= MIN_BATCH
-        self.width = self.spread = None  # the readings (mode width, total spread), once made
+        self.width = self.spread = None  # the readings (mode width, spread of the modes), once made
         self._probe = self._largest_std = None
 
     def _set_rest(self, i: int, rest: list[float]):
