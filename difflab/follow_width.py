@@ -32,7 +32,9 @@ median eigenvalue, taken out: `between_spread`), and where that spread S_b excee
 levels after the first are stretched in log sigma about the lowest so that the second is S_b (`topped_levels`).
 A first call whose x0_hat varies more than a denoiser's can (a trained network's eps error, times sigma_max = 157)
 reads nothing; but a small scale error in a network's eps (x0_hat = beta x) reads as spread (the demo's digits
-U-Net: 38.7 where the digits' is about 4; docs/samplers.md, "What is not met yet"). Measured
+U-Net: 38.7 where the digits' is about 4). So the second call reads tr C again (`trace_read`, exact in expectation
+for any data at any sigma) and where it differs from the first by more than TRACE_AGREE x, the tuned levels return
+from the third call on, one call late (docs/samplers.md, "What is not met yet"). Measured
 (benchmarks/results/samplers_follow_spread.md, eight modes 1 wide at means s N(0, I) in 8, 16 and 64 dimensions):
 where it triggers the mass moved falls from 1.55-14.65 % to 0.05-1.25 % and two cases pass
 that did not, but at 10 calls in 16-64 dimensions, with fewer levels left below, the log-density gap grows (16-D
@@ -58,7 +60,7 @@ import torch
 
 from .denoiser import Denoiser, predict_at
 
-__all__ = ["data_covariance", "probe_rows", "width_from_probe", "warped_levels", "between_spread",
+__all__ = ["data_covariance", "probe_rows", "width_from_probe", "warped_levels", "trace_read", "between_spread",
            "topped_levels", "Follower", "SIGMA_P", "N_PROBE", "PROBE_CALL"]
 
 SIGMA_P = 0.15      # the probe's noise level (VE sigma)
@@ -73,6 +75,7 @@ TOP_MARGIN = 1.5    # follow_spread: the second level stays at least this factor
 TOP_TRIGGER = 1.25  # follow_spread stretches the grid only for data whose modes spread beyond this x its 2nd level
 BETWEEN_DIM = 16    # from this many numbers per example the modes' widths are taken out of the spread
 SPREAD_SLACK = 2.0  # the spread is read only where sum Var(x0_hat) <= SLACK S^4 / sigma^2 (`between_spread`)
+TRACE_AGREE = 2.0   # a stretched top stays only if tr C read at the second call is within this factor of the first
 PROBE_CALL = 2      # the call (0-based) that carries the probe rows; the covariance from the one before
 
 
@@ -129,6 +132,14 @@ def warped_levels(rest: list[float], top: float, width: float, spread: float) ->
     return [top * (s / top) ** p for s in rest]
 
 
+def trace_read(x: torch.Tensor, x0_hat: torch.Tensor) -> float:
+    """tr C, the data's total variance, from one call at any sigma (x, x0_hat: (N, D)): the batch mean of
+    (x0_hat - m) . (x - m). In expectation exact for any data at any sigma (Tweedie: E[x0_hat(x) . (x - m)] =
+    E[x0 . (x0 - m + sigma n)] = tr C); its error is the batch's and the denoiser's."""
+    xc, dc = x - x.mean(0), x0_hat - x0_hat.mean(0)
+    return float((xc * dc).sum()) / (len(x) - 1)
+
+
 def between_spread(x: torch.Tensor, x0_hat: torch.Tensor, sigma: float) -> float | None:
     """S_b, the spread of the data's modes about their mean (sqrt of the between-mode part of trace C), from one call
     at sigma (x, x0_hat: (N, D) float64 VE states and x0_hat there); None where the call does not read as a
@@ -142,10 +153,10 @@ def between_spread(x: torch.Tensor, x0_hat: torch.Tensor, sigma: float) -> float
     at least 2 D) above their median are the between-mode part, the median the modes' width (high-dimensional
     mixtures hold most of tr(C) in their modes' widths: 256-D seed 3 of the stored sets 32.6 of 32.8)."""
     n, d = x.shape
-    xc, dc = x - x.mean(0), x0_hat - x0_hat.mean(0)
-    s2 = float((xc * dc).sum()) / (n - 1)
+    s2 = trace_read(x, x0_hat)
     if not (math.isfinite(s2) and s2 > 0):
         return None
+    dc = x0_hat - x0_hat.mean(0)
     if float((dc * dc).sum()) / (n - 1) > SPREAD_SLACK * s2 * s2 / (sigma * sigma):
         return None
     if d < BETWEEN_DIM:
@@ -204,7 +215,7 @@ class Follower:
         self.follow = follow and len(self.levels) >= PROBE_CALL + 3 and n >= MIN_BATCH and dim <= MAX_DIM
         self.follow_spread = spread and len(self.levels) >= 3 and n >= MIN_BATCH
         self.width = self.spread = None  # the readings (mode width, spread of the modes), once made
-        self._probe = self._largest_std = None
+        self._probe = self._largest_std = self._check = None
 
     def _set_rest(self, i: int, rest: list[float]):
         self.sig[i + 1:] = rest
@@ -227,6 +238,14 @@ class Follower:
             rest = self.sig[1:]
             if self.spread is not None and (topped := topped_levels(rest, self.sig[0], self.spread)) is not rest:
                 self._set_rest(0, topped)  # only when changed: alpha_bars recomputed from sigma differ in rounding
+                self._check = (trace_read(x_ve.double().reshape(n, -1), d.reshape(n, -1)), rest[:-1])
+        elif self._check is not None and i == 1:  # the second reading of tr C must agree, or the tuned levels return
+            n = len(x_ve)
+            ratio = trace_read(x_ve.double().reshape(n, -1), d.reshape(n, -1)) / self._check[0]
+            if not 1 / TRACE_AGREE < ratio < TRACE_AGREE:
+                self._set_rest(1, self._check[1])  # the tuned levels from the second on, one call late (the lowest
+                # dropped): below the stretched second level, so the grid stays ordered
+            self._check = None
         if self.follow and i == PROBE_CALL - 1:  # the data's covariance from this call: where to probe, the spread
             n = len(x_ve)
             try:

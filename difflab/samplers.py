@@ -834,7 +834,7 @@ def unipc(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=Non
     hist, x_prev, evals = [], None, []
     for i in range(len(levels)):
         d = den(x, i).to(x.dtype)
-        if i in (0, fw.PROBE_CALL):
+        if i <= fw.PROBE_CALL:  # the follower may change the levels after calls 0, 1 and 2
             lam = [-math.log(s) for s in den.sig]
         evals = (evals + [(x, d, den.sig[i])])[-2:]  # for final="gauss"
         if i > 0 and corrector:

@@ -241,3 +241,33 @@ def test_follow_spread_leaves_narrower_data_and_noisy_denoisers_alone():
     g.manual_seed(3)
     b = difflab.sample(difflab.Denoiser.from_eps(noisy, SCHED), z, "unipc", nfe=20)
     assert torch.equal(a, b)
+
+
+def test_a_scale_error_in_eps_is_caught_at_the_second_call():
+    """eps_hat = 0.982 eps on narrow modes in 8-D (spread 2.6): at sigma_max x0_hat ~ 0.018 x reads as a spread of
+    about 60, so the grid's second level is stretched there; the second call's tr C (the batch mean of
+    (x0_hat - m) . (x - m), exact for any data at any sigma) disagrees by far more than 2x, and from the third call
+    on the tuned levels return one call late (13.9, 6.8, ...). With the exact eps the two readings agree."""
+    gm = modes_far_apart(8, 1.0)
+    den = gm.fast_denoiser(SCHED)
+    noise = torch.randn(1000, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    tuned = difflab.samplers.make_grid(SCHED, 10, "tuned", dim=8).tolist()
+    seen = []
+
+    def scaled(x, ab):
+        seen.append(float(ab[0]))
+        return 0.982 * den.eps(x, ab)
+
+    difflab.sample(difflab.Denoiser.from_eps(scaled, SCHED), noise, "unipc", nfe=10, follow_spread=True)
+    sig = [math.sqrt((1 - a) / a) for a in seen]
+    assert sig[1] > 3 * math.sqrt((1 - tuned[1]) / tuned[1])  # stretched by the misread
+    assert seen[2:] == pytest.approx(tuned[1:-1], rel=1e-12)  # then the tuned levels, one call late
+    wide = modes_far_apart(8, 16.0).fast_denoiser(SCHED)  # the exact eps of modes truly far apart: kept
+    seen.clear()
+
+    def exact(x, ab):
+        seen.append(float(ab[0]))
+        return wide.eps(x, ab)
+
+    difflab.sample(difflab.Denoiser.from_eps(exact, SCHED), noise, "unipc", nfe=10, follow_spread=True)
+    assert seen[2] < tuned[2] * (1 - 1e-6) and seen[2] != pytest.approx(tuned[1], rel=1e-6)
