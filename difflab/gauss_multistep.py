@@ -141,12 +141,13 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
     fitted s^2 is multiplied by it (1: the solver; 0: a plain multistep in 1 / sigma; for ablations).
     width_cap, cap_above: at levels with sigma > cap_above (default: every fitted level), each element's s^2
     is capped at width_cap x the sample's median s^2 over its coordinates (`cap_widths`; None: no cap).
-    follow_width, follow_spread: the grid follows the data's mode width and total spread (`follow_width.Follower`).
+    follow_width, follow_spread: the grid follows the data's mode width and the spread of its modes
+    (`follow_width.Follower`).
     Arithmetic in float64, state in x's dtype."""
     dtype = x.dtype
     den = Follower(denoiser, grid[:-1].tolist(), len(x), x[0].numel(), follow_width, dtype, progress,
                    spread=follow_spread)
-    levels, sig = den.levels, den.sig  # the follower changes them (in place) after its probe call
+    levels, sig = den.levels, den.sig  # the follower may change them (in place) after its first three calls
 
     x = x.double() / math.sqrt(levels[0])  # VE state
     x_eval, d = x, den(x, 0)  # the point where the latest evaluation was made, and x0_hat there

@@ -822,14 +822,15 @@ def unipc(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, generator=Non
     from the last two evaluations, `_gauss_final`), "ode" or "denoise" (`_ode_final`). order: 1..4 (ramped
     up over the first steps); None: the order the tuned grid of this many levels was made for (`tuned_order`).
     follow_width: warp the levels after the third to the data's mode width (`follow_width.Follower`; data of at
-    most 8 numbers per example). follow_spread: stretch the levels after the first to the data's total spread."""
+    most 8 numbers per example). follow_spread: stretch the levels after the first to the spread of the data's
+    modes (`follow_width.topped_levels`; any dimension)."""
     if order is None:
         order = tuned_order(len(grid) - 1, x[0].numel())
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
     den = fw.Follower(denoiser, grid[:-1].tolist(), len(x), x[0].numel(), follow_width, x.dtype, progress,
                       spread=follow_spread)
-    levels = den.levels  # the follower changes them (in place) after its first and its probe call
+    levels = den.levels  # the follower may change them (in place) after its first three calls
     x = x / math.sqrt(levels[0])
     hist, x_prev, evals = [], None, []
     for i in range(len(levels)):
@@ -964,8 +965,9 @@ def auto_choice(nfe: int, dim: int) -> str:
     return "unipc"
 
 
-AUTO_FOLLOW_FROM = 9  # auto's grid follows the data's mode width (`follow_width`) from this many calls: at 8 calls
-#                      it moved the error around (2-D wide toys 3 closer, 3 farther; 6-D and 8-D wide modes farther)
+AUTO_FOLLOW_FROM = 9  # auto's grid follows the data (`follow_width`: the mode width, `follow_spread`: the spread of
+#                      the modes) from this many calls: at 8 the width moved the error around (2-D wide toys 3
+#                      closer, 3 farther; 6-D and 8-D wide modes farther)
 _ADAPTIVE = {"ode"}  # samplers whose call count the solver decides
 _SDE_SAMPLERS = {"euler_maruyama", "srk", "pc", "ode"}  # samplers with an sde= option
 
@@ -977,7 +979,8 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sampler: str = "ancestral", 
     largest noise level (VP units; SDE samplers rescale it to their own prior, e.g. x_ve = x / sqrt(ab_T)).
 
     sampler: one of NAMES, or "auto" (`auto_choice`: the sampler measured closest to the exact PF-ODE map
-    for this nfe and data size, with follow_width=True from AUTO_FOLLOW_FROM calls unless told otherwise);
+    for this nfe and data size, with follow_width=True and follow_spread=True from AUTO_FOLLOW_FROM calls unless
+    told otherwise);
     nfe: denoiser calls (default: the schedule's T; ignored by the adaptive
     "ode"); grid: override the sampler's default time grid (see `make_grid`); options go to the sampler
     (variance=, eta=, sde=, order=, snr=, final=, progress= (called once per call), trajectory=, ...).

@@ -100,13 +100,13 @@ def split_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
     corrector: correct each step with the new evaluation (free). follow_width: warp the levels after the third
     to the data's mode width, read from the second call and from 128 rows added to the third (`follow_width`
     module; data of at most 8 numbers per example, batches of 16 or more, grids of 5 or more levels).
-    follow_spread: stretch the levels after the first to the data's total spread, read from the first call
-    (`follow_width.topped_levels`; any dimension).
+    follow_spread: stretch the levels after the first to the spread of the data's modes, read from the first call
+    and checked at the second (`follow_width.topped_levels`; any dimension).
     Arithmetic in float64, state in x's dtype."""
     dtype = x.dtype
     den = fw.Follower(denoiser, grid[:-1].tolist(), len(x), x[0].numel(), follow_width, dtype, progress,
                       spread=follow_spread)
-    levels, sig = den.levels, den.sig  # the follower changes them (in place) after its probe call
+    levels, sig = den.levels, den.sig  # the follower may change them (in place) after its first three calls
     x = x.double() / math.sqrt(levels[0])
     evals = [(x, den(x, 0), sig[0])]  # (x where evaluated, x0_hat there, sigma) of the last two evaluations
     for i in range(len(levels) - 1):
