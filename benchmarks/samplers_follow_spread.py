@@ -20,7 +20,6 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -50,13 +49,7 @@ def mixture(dim: int, spread: float) -> GaussianMixture:
 def best_diffusers(fast, judge, noise, nfe) -> dict:
     """The lowest SW2 and the lowest |gap| over diffusers' schedulers at nfe calls."""
     best = {"sw2": (float("inf"), ""), "gap": (float("inf"), "")}
-    for label, (cls, extra) in B.diffusers_schedulers().items():
-        steps = B.steps_for(cls, extra, nfe)
-        if steps is None:
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            x, _ = B.run_diffusers(cls, extra, fast, noise, steps)
+    for label, x, _ in B.diffusers_runs(fast, noise, nfe):
         sw, gap = judge(x)
         best["sw2"] = min(best["sw2"], (sw, label))
         best["gap"] = min(best["gap"], (abs(gap), label))

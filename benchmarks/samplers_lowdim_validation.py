@@ -34,7 +34,6 @@ import json
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -150,13 +149,7 @@ def run_one(gm, desc, name, n, nfes, difflab_labels=DIFFLAB):
             sw, gap = judge(x)
             res["rows"].append({"lib": "difflab", "method": label, "nfe_target": nfe, "nfe": den.nfe, "sw2": sw,
                                 "gap": gap, "dgap": gap - gap_ref, **to_map(gm, judge, x, ref)})
-        for label, (cls, extra) in B.diffusers_schedulers().items():
-            steps = B.steps_for(cls, extra, nfe)
-            if steps is None:
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                x, calls = B.run_diffusers(cls, extra, fast, noise, steps)
+        for label, x, calls in B.diffusers_runs(fast, noise, nfe):
             sw, gap = judge(x)
             res["rows"].append({"lib": "diffusers", "method": label, "nfe_target": nfe, "nfe": calls, "sw2": sw,
                                 "gap": gap, "dgap": gap - gap_ref, **to_map(gm, judge, x, ref)})

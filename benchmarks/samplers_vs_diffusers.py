@@ -245,6 +245,18 @@ def run_diffusers(cls, extra, fast, noise, steps, seed=0):
     return x, calls
 
 
+def diffusers_runs(model, noise, nfe, seed=0):
+    """(label, samples, calls) for each diffusers scheduler with a step count that fits nfe calls, warnings off."""
+    for label, (cls, extra) in diffusers_schedulers().items():
+        steps = steps_for(cls, extra, nfe)
+        if steps is None:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            x, calls = run_diffusers(cls, extra, model, noise, steps, seed)
+        yield label, x, calls
+
+
 # ---- the benchmark ---------------------------------------------------------------------------
 def bench(mix_name, gm, nfes, n, out_path, n_1000=None):
     fast = FastExactMixture(gm)

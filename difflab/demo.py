@@ -71,6 +71,7 @@ def run_demo(out: Path, minutes: float = 9.5, n: int = 1000, seed: int = 0, prog
         _say(progress, f"      this machine trained {done} steps in the budget; training on to {floor} "
              f"(~{(floor - done) * train_min * 60 / max(done, 1) / 60:.1f} more minutes)")
         train(cfg, run, resume=True, progress=progress, overrides={"steps": floor, "minutes": None})
+        done = ckpt.load(run)[1]["step"]
     t_train = time.perf_counter() - t0
 
     _say(progress, f"[2/3] drawing {n} samples with the ancestral sampler ({NFE} of T = {cfg.T} steps, "
@@ -92,7 +93,7 @@ def run_demo(out: Path, minutes: float = 9.5, n: int = 1000, seed: int = 0, prog
     paths["loss_png"] = plots.loss_curve(run / "log.jsonl", out / "loss.png")
     info = {"train_s": round(t_train, 1), "sample_s": round(t_sample, 1),
             "total_s": round(time.perf_counter() - t0, 1), "n_samples": n,
-            "steps": ckpt.load(run)[1]["step"],
+            "steps": done,
             **{k: str(v) for k, v in paths.items()}}
     (out / "demo.json").write_text(json.dumps(info, indent=2))
     print(f"demo done in {info['total_s'] / 60:.1f} min (training {t_train / 60:.1f}, sampling {t_sample / 60:.1f})")

@@ -232,24 +232,23 @@ class Follower:
                 self._set_rest(i, warped)
             return d
         d = predict_at(self.denoiser, x_vp, self.levels[i], self.progress)[0].double()
+        if i >= PROBE_CALL:
+            return d
+        x, x0 = x_ve.double().reshape(len(x_ve), -1), d.reshape(len(x_ve), -1)  # (N, D) for the readings
         if self.follow_spread and i == 0:  # the data's total spread from the first call: the levels after it follow
-            n = len(x_ve)
-            self.spread = between_spread(x_ve.double().reshape(n, -1), d.reshape(n, -1), self.sig[0])
+            self.spread = between_spread(x, x0, self.sig[0])
             rest = self.sig[1:]
             if self.spread is not None and (topped := topped_levels(rest, self.sig[0], self.spread)) is not rest:
                 self._set_rest(0, topped)  # only when changed: alpha_bars recomputed from sigma differ in rounding
-                self._check = (trace_read(x_ve.double().reshape(n, -1), d.reshape(n, -1)), rest[:-1])
+                self._check = (trace_read(x, x0), rest[:-1])
         elif self._check is not None and i == 1:  # the second reading of tr C must agree, or the tuned levels return
-            n = len(x_ve)
-            ratio = trace_read(x_ve.double().reshape(n, -1), d.reshape(n, -1)) / self._check[0]
-            if not 1 / TRACE_AGREE < ratio < TRACE_AGREE:
+            if not 1 / TRACE_AGREE < trace_read(x, x0) / self._check[0] < TRACE_AGREE:
                 self._set_rest(1, self._check[1])  # the tuned levels from the second on, one call late (the lowest
                 # dropped): below the stretched second level, so the grid stays ordered
             self._check = None
         if self.follow and i == PROBE_CALL - 1:  # the data's covariance from this call: where to probe, the spread
-            n = len(x_ve)
             try:
-                mean, vec, var = data_covariance(x_ve.double().reshape(n, -1), d.reshape(n, -1), self.sig[i])
+                mean, vec, var = data_covariance(x, x0, self.sig[i])
             except torch.linalg.LinAlgError:  # a degenerate batch (e.g. repeated noise): the tuned grid
                 return d
             self._largest_std = float(var.max().sqrt())
