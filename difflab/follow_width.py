@@ -38,8 +38,11 @@ from the third call on, one call late (docs/samplers.md, "What is not met yet").
 (benchmarks/results/samplers_follow_spread.md, eight modes 1 wide at means s N(0, I) in 8, 16 and 64 dimensions):
 where it triggers the mass moved falls from 1.55-14.65 % to 0.05-1.25 % and two cases pass
 that did not, but at 10 calls in 16-64 dimensions, with fewer levels left below, the log-density gap grows (16-D
-s = 8: -0.08 -> -0.29 nat). Of the stored validation sets only the ring of radius 20 is wide enough to change (10
-calls, -0.204 -> -0.186 nat).
+s = 8: -0.08 -> -0.29 nat). That growth came from gauss_multistep's width fit per data coordinate, each coordinate
+mixing the directions between the modes with those within them: where the top is stretched (and the second call
+agreed), `Follower.basis` holds the eigenvectors of C read at the first call (axes=True), and gauss_multistep fits
+its widths in those axes (16-D s = 8: -0.02 nat; 64-D s = 16: +5.86 -> -0.33). Of the stored validation sets only
+the ring of radius 20 is wide enough to change (10 calls, -0.204 -> -0.186 nat).
 
 Measured (auto's sampler at 10, 12 and 20 calls on the stored 2-8-D mixture sets, against the exact PF-ODE map of
 the same noise; benchmarks/results/samplers_follow_width.md): the wide classic toys pass 2 of 6 at 10 calls (0),
@@ -77,6 +80,8 @@ BETWEEN_DIM = 16    # from this many numbers per example the modes' widths are t
 SPREAD_SLACK = 2.0  # the spread is read only where sum Var(x0_hat) <= SLACK S^4 / sigma^2 (`between_spread`)
 TRACE_AGREE = 2.0   # a stretched top stays only if tr C read at the second call is within this factor of the first
 PROBE_CALL = 2      # the call (0-based) that carries the probe rows; the covariance from the one before
+AXES_MIN_DIM = 3    # follow_spread's principal axes: from this many numbers per example (2-D samplers do not use them)
+AXES_MAX_DIM = 1024  # ... and up to this many (one D x D product per call and side)
 
 
 def data_covariance(x: torch.Tensor, x0_hat: torch.Tensor, sigma: float):
@@ -205,17 +210,22 @@ class Follower:
     the VE sigmas and alpha_bars the sampler must read after each call (they change after the first and the
     probe's call). follow: the width (off for grids of fewer than 5 levels, batches of fewer than MIN_BATCH or data
     of more than MAX_DIM numbers per example); spread: the top (`topped_levels`; off for grids of fewer than 3
-    levels or batches of fewer than MIN_BATCH). Both False: plain calls. dtype: the denoiser's input."""
+    levels or batches of fewer than MIN_BATCH). Both False: plain calls. dtype: the denoiser's input.
+    axes: where the top was stretched (and the second call's check agreed), `basis` becomes the eigenvectors of C
+    read at the first call (D, D), for a sampler whose per-coordinate model should run in the data's principal axes
+    (gauss_multistep; data of AXES_MIN_DIM .. AXES_MAX_DIM numbers per example and batches of at least 2 D)."""
 
     def __init__(self, denoiser: Denoiser, levels: list[float], n: int, dim: int, follow: bool, dtype,
-                 progress: Callable | None = None, spread: bool = False):
+                 progress: Callable | None = None, spread: bool = False, axes: bool = False):
         self.denoiser, self.progress, self.dtype = denoiser, progress, dtype
         self.levels = [float(a) for a in levels]
         self.sig = [math.sqrt((1 - a) / a) for a in self.levels]
         self.follow = follow and len(self.levels) >= PROBE_CALL + 3 and n >= MIN_BATCH and dim <= MAX_DIM
         self.follow_spread = spread and len(self.levels) >= 3 and n >= MIN_BATCH
+        self.axes = axes and self.follow_spread and AXES_MIN_DIM <= dim <= AXES_MAX_DIM and n >= 2 * dim
         self.width = self.spread = None  # the readings (mode width, spread of the modes), once made
-        self._probe = self._largest_std = self._check = None
+        self.basis = None  # the principal axes (axes=True; set at the second call)
+        self._probe = self._largest_std = self._check = self._axes = None
 
     def _set_rest(self, i: int, rest: list[float]):
         self.sig[i + 1:] = rest
@@ -241,11 +251,18 @@ class Follower:
             if self.spread is not None and (topped := topped_levels(rest, self.sig[0], self.spread)) is not rest:
                 self._set_rest(0, topped)  # only when changed: alpha_bars recomputed from sigma differ in rounding
                 self._check = (trace_read(x, x0), rest[:-1])
+                if self.axes:
+                    try:
+                        self._axes = data_covariance(x, x0, self.sig[0])[1]
+                    except torch.linalg.LinAlgError:
+                        self._axes = None
         elif self._check is not None and i == 1:  # the second reading of tr C must agree, or the tuned levels return
             if not 1 / TRACE_AGREE < trace_read(x, x0) / self._check[0] < TRACE_AGREE:
                 self._set_rest(1, self._check[1])  # the tuned levels from the second on, one call late (the lowest
                 # dropped): below the stretched second level, so the grid stays ordered
-            self._check = None
+            else:
+                self.basis = self._axes
+            self._check = self._axes = None
         if self.follow and i == PROBE_CALL - 1:  # the data's covariance from this call: where to probe, the spread
             try:
                 mean, vec, var = data_covariance(x, x0, self.sig[i])

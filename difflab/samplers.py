@@ -980,7 +980,7 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sampler: str = "ancestral", 
 
     sampler: one of NAMES, or "auto" (`auto_choice`: the sampler measured closest to the exact PF-ODE map
     for this nfe and data size, with follow_width=True and follow_spread=True from AUTO_FOLLOW_FROM calls unless
-    told otherwise);
+    told otherwise; principal_axes= reaches gauss_multistep only);
     nfe: denoiser calls (default: the schedule's T; ignored by the adaptive
     "ode"); grid: override the sampler's default time grid (see `make_grid`); options go to the sampler
     (variance=, eta=, sde=, order=, snr=, final=, progress= (called once per call), trajectory=, ...).
@@ -994,6 +994,8 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sampler: str = "ancestral", 
         sampler = auto_choice(calls, noise[0].numel())  # split_multistep, gauss_multistep or unipc
         options.setdefault("follow_width", calls >= AUTO_FOLLOW_FROM)  # `follow_width`
         options.setdefault("follow_spread", calls >= AUTO_FOLLOW_FROM)
+        if sampler != "gauss_multistep":  # the one sampler with a per-coordinate model to turn (default on)
+            options.pop("principal_axes", None)
     if sampler not in NAMES:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(NAMES)} or {AUTO}")
     spec = _SPECS[sampler]
