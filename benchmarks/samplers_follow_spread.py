@@ -6,10 +6,10 @@ modes in one long step from sigma_max. `follow_spread` (difflab/follow_width.py,
 grid's top to it, and there gauss_multistep (auto's sampler at 8 .. 12 calls in 3 or more dimensions) fits its
 widths in the data's principal axes (`principal_axes`). This runs auto three ways (`VARIANTS`) on eight modes 1 wide
 at means drawn from N(0, s^2 I), s = 2, 4, 8, 16, in 8, 16, 32, 64 and 128 dimensions (n = 2000, noise seed 1), with
-the exact PF-ODE map of the same noise and every diffusers
-scheduler (driven as in samplers_vs_diffusers.py) at 10 and 20 calls, all scored by that benchmark's judge: SW2 and
-gap against a fresh true set, dgap (gap minus the map's), mode_tv (mass moved between modes against the map) and the
-issue's PASS (SW2 and |gap| below every diffusers scheduler's).
+the exact PF-ODE map of the same noise and every diffusers scheduler (driven as in samplers_vs_diffusers.py) at 10
+and 20 calls, all scored by that benchmark's judge: SW2 and gap against a fresh true set, dgap (gap minus the map's),
+mode_tv (mass moved between modes against the map) and the issue's PASS (SW2 and |gap| below every diffusers
+scheduler's).
 
 Run:  python benchmarks/samplers_follow_spread.py --dims 8,16,32 --part a     (~1 min, one core)
       python benchmarks/samplers_follow_spread.py --dims 64,128 --part b     (~2 min)

@@ -280,8 +280,8 @@ def test_principal_axes_where_modes_lie_far_apart():
     the directions between the modes with those within them, and the samples end over 2 nat too concentrated
     (measured +5.74); in the principal axes of C read at the first call (auto's default where the top is stretched)
     within 1 nat (measured -0.26), under 2 % of the samples in another mode than the map's (1.2 %; 0.8 % without the
-    axes). A basis is only taken where the
-    second call's check agreed: the eps scale error of the test above stretches the top but leaves no basis."""
+    axes). A basis is only taken where the second call's check agreed: the eps scale error of the test above
+    stretches the top but leaves no basis."""
     gm = modes_far_apart(64, 16.0)
     den = gm.fast_denoiser(SCHED)
     noise = torch.randn(2000, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
