@@ -35,14 +35,14 @@ reads nothing; but a small scale error in a network's eps (x0_hat = beta x) read
 U-Net: 38.7 where the digits' is about 4). So the second call reads tr C again (`trace_read`, exact in expectation
 for any data at any sigma) and where it differs from the first by more than TRACE_AGREE x, the tuned levels return
 from the third call on, one call late (docs/samplers.md, "What is not met yet"). Measured
-(benchmarks/results/samplers_follow_spread.md, eight modes 1 wide at means s N(0, I) in 8, 16 and 64 dimensions):
-where it triggers the mass moved falls from 1.55-14.65 % to 0.05-1.25 % and two cases pass
-that did not, but at 10 calls in 16-64 dimensions, with fewer levels left below, the log-density gap grows (16-D
-s = 8: -0.08 -> -0.29 nat). That growth came from gauss_multistep's width fit per data coordinate, each coordinate
-mixing the directions between the modes with those within them: where the top is stretched (and the second call
-agreed), `Follower.basis` holds the eigenvectors of C read at the first call (axes=True), and gauss_multistep fits
-its widths in those axes (16-D s = 8: -0.02 nat; 64-D s = 16: +5.86 -> -0.33). Of the stored validation sets only
-the ring of radius 20 is wide enough to change (10 calls, -0.204 -> -0.186 nat).
+(benchmarks/results/samplers_follow_spread.md, eight modes 1 wide at means s N(0, I) in 8-128 dimensions):
+where it triggers the mass moved falls from 0.65-14.8 % to 0.05-1.3 %. At 10 calls in 16-128 dimensions the
+log-density gap first grew where it triggered (16-D s = 8: -0.08 -> -0.29 nat). That came from gauss_multistep's
+width fit per data coordinate, each coordinate mixing the directions between the modes with those within them:
+where the top is stretched (and the second call agreed), `Follower.basis` holds the eigenvectors of C read at the
+first call (axes=True), and gauss_multistep fits its widths in those axes (16-D s = 8: -0.02 nat; 64-D s = 16:
++5.86 -> -0.33); auto passes 10 of the 20 cases at 10 calls (the tuned grid 3, the exact map 14). Of the stored
+validation sets only the ring of radius 20 is wide enough to change (10 calls, -0.204 -> -0.186 nat).
 
 Measured (auto's sampler at 10, 12 and 20 calls on the stored 2-8-D mixture sets, against the exact PF-ODE map of
 the same noise; benchmarks/results/samplers_follow_width.md): the wide classic toys pass 2 of 6 at 10 calls (0),
