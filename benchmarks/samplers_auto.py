@@ -26,7 +26,6 @@ Writes benchmarks/results/samplers_auto_<part>.json, and samplers_auto.md from a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -87,9 +86,7 @@ def main():
     if not a.report:
         G.run_into_part(RESULTS / f"samplers_auto_{a.part}.json", a.sets.split(","),
                         lambda label: run_set(label, nfes))
-    allres = {}
-    for js in sorted(RESULTS.glob("samplers_auto_*.json")):
-        allres.update(json.loads(js.read_text()))
+    allres = G.merged_parts("samplers_auto_*.json")
     report({k: allres[k] for k in G.SETS if k in allres})
 
 

@@ -28,6 +28,7 @@ import torch
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
+import samplers_gauss_multistep as G  # noqa: E402
 import samplers_lowdim_validation as V  # noqa: E402
 import samplers_vs_diffusers as B  # noqa: E402
 
@@ -122,12 +123,7 @@ def main():
                 rows.append(run(dim, spread))
                 print(f"dim {dim} s {spread:g} ({time.time() - t0:.0f}s)", flush=True)
                 (RESULTS / f"samplers_follow_spread_{args.part}.json").write_text(json.dumps(rows, indent=1))
-    rows = []
-    for js in sorted(RESULTS.glob("samplers_follow_spread_*.json")):
-        rows += json.loads(js.read_text())
-    text = report(rows)
-    (RESULTS / "samplers_follow_spread.md").write_text(text)
-    print(text)
+    G.publish("samplers_follow_spread.md", report(G.merged_parts("samplers_follow_spread_*.json")))
 
 
 if __name__ == "__main__":

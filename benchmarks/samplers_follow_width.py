@@ -21,7 +21,6 @@ Writes benchmarks/results/samplers_follow_width_<part>.json, and samplers_follow
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -104,12 +103,7 @@ def main():
     args = ap.parse_args()
     if not args.report:
         G.run_into_part(RESULTS / f"samplers_follow_width_{args.part}.json", args.sets.split(","), run_set)
-    allres = {}
-    for js in sorted(RESULTS.glob("samplers_follow_width_*.json")):
-        allres.update(json.loads(js.read_text()))
-    text = report(allres)
-    (RESULTS / "samplers_follow_width.md").write_text(text)
-    print(text)
+    G.publish("samplers_follow_width.md", report(G.merged_parts("samplers_follow_width_*.json")))
 
 
 if __name__ == "__main__":

@@ -123,6 +123,29 @@ def run_into_part(js: Path, labels: list[str], run) -> None:
         js.write_text(json.dumps(done, indent=1))
 
 
+def merged_parts(pattern: str, skip: str | None = None):
+    """The part files RESULTS/pattern in name order (those whose stem ends with skip left out), merged: lists
+    concatenated, dicts updated (a later part's set replaces an earlier one's)."""
+    merged = None
+    for js in sorted(RESULTS.glob(pattern)):
+        if skip and js.stem.endswith(skip):
+            continue
+        part = json.loads(js.read_text())
+        if merged is None:
+            merged = part
+        elif isinstance(part, list):
+            merged += part
+        else:
+            merged.update(part)
+    return {} if merged is None else merged
+
+
+def publish(name: str, text: str) -> None:
+    """Write a generated report to RESULTS/name and print it."""
+    (RESULTS / name).write_text(text)
+    print(text)
+
+
 def stats(rows: list[dict], key: str) -> tuple[int, np.ndarray, float]:
     """(PASS count, |dgap| per mixture, mean mode_tv in %) of one sampler at one NFE (key "label@nfe")."""
     r = [row["rows"][key] for row in rows]
@@ -167,11 +190,7 @@ def main():
     torch.set_num_threads(1)
     if not a.report and not a.ablation:
         run_into_part(RESULTS / f"samplers_gauss_multistep_{a.part}.json", a.sets.split(","), run_set)
-    allres = {}
-    for js in sorted(RESULTS.glob("samplers_gauss_multistep_*.json")):
-        if js.stem.endswith("ablation"):
-            continue
-        allres.update(json.loads(js.read_text()))
+    allres = merged_parts("samplers_gauss_multistep_*.json", skip="ablation")
     report({k: allres[k] for k in SETS if k in allres})
     abl = RESULTS / "samplers_gauss_multistep_ablation.json"
     if a.ablation:

@@ -27,6 +27,7 @@ import torch
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 import samplers_follow_spread as F  # noqa: E402
+import samplers_gauss_multistep as G  # noqa: E402
 import samplers_lowdim_validation as V  # noqa: E402
 import samplers_vs_diffusers as B  # noqa: E402
 
@@ -107,12 +108,7 @@ def main():
                 seed += 1
                 print(f"dim {args.dim} scale {scale:g} widths {lo:g}-{hi:g} ({time.time() - t0:.0f}s)", flush=True)
                 (RESULTS / f"samplers_heldout_sweep_{args.dim}d.json").write_text(json.dumps(rows, indent=1))
-    rows = []
-    for js in sorted(RESULTS.glob("samplers_heldout_sweep_*d.json")):
-        rows += json.loads(js.read_text())
-    text = report(rows)
-    (RESULTS / "samplers_heldout_sweep.md").write_text(text)
-    print(text)
+    G.publish("samplers_heldout_sweep.md", report(G.merged_parts("samplers_heldout_sweep_*d.json")))
 
 
 if __name__ == "__main__":

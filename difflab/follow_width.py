@@ -157,22 +157,28 @@ def between_spread(x: torch.Tensor, x0_hat: torch.Tensor, sigma: float) -> float
     From 16 numbers per example the modes' own widths are taken out: C's eigenvalues (`data_covariance`, batches of
     at least 2 D) above their median are the between-mode part, the median the modes' width (high-dimensional
     mixtures hold most of tr(C) in their modes' widths: 256-D seed 3 of the stored sets 32.6 of 32.8)."""
+    return _read_spread(x, x0_hat, sigma)[0]
+
+
+def _read_spread(x: torch.Tensor, x0_hat: torch.Tensor, sigma: float):
+    """(S_b or None as `between_spread`, tr C (`trace_read`), C's eigenvectors (D, D) where they were needed for S_b,
+    else None): the first call's readings, each made once."""
     n, d = x.shape
     s2 = trace_read(x, x0_hat)
     if not (math.isfinite(s2) and s2 > 0):
-        return None
+        return None, s2, None
     dc = x0_hat - x0_hat.mean(0)
     if float((dc * dc).sum()) / (n - 1) > SPREAD_SLACK * s2 * s2 / (sigma * sigma):
-        return None
+        return None, s2, None
     if d < BETWEEN_DIM:
-        return math.sqrt(s2)
+        return math.sqrt(s2), s2, None
     if n < 2 * d:
-        return None
+        return None, s2, None
     try:
-        var = data_covariance(x, x0_hat, sigma)[2]
+        _, vec, var = data_covariance(x, x0_hat, sigma)
     except torch.linalg.LinAlgError:
-        return None
-    return float((var - var.median()).clamp(min=0).sum().sqrt())
+        return None, s2, None
+    return float((var - var.median()).clamp(min=0).sum().sqrt()), s2, vec
 
 
 def topped_levels(rest: list[float], sigma_max: float, spread: float) -> list[float]:
@@ -246,16 +252,17 @@ class Follower:
             return d
         x, x0 = x_ve.double().reshape(len(x_ve), -1), d.reshape(len(x_ve), -1)  # (N, D) for the readings
         if self.follow_spread and i == 0:  # the data's total spread from the first call: the levels after it follow
-            self.spread = between_spread(x, x0, self.sig[0])
+            self.spread, trace, vec = _read_spread(x, x0, self.sig[0])
             rest = self.sig[1:]
             if self.spread is not None and (topped := topped_levels(rest, self.sig[0], self.spread)) is not rest:
                 self._set_rest(0, topped)  # only when changed: alpha_bars recomputed from sigma differ in rounding
-                self._check = (trace_read(x, x0), rest[:-1])
-                if self.axes:
+                self._check = (trace, rest[:-1])
+                if self.axes and vec is None:  # below BETWEEN_DIM the spread needed no decomposition
                     try:
-                        self._axes = data_covariance(x, x0, self.sig[0])[1]
+                        vec = data_covariance(x, x0, self.sig[0])[1]
                     except torch.linalg.LinAlgError:
-                        self._axes = None
+                        pass
+                self._axes = vec if self.axes else None
         elif self._check is not None and i == 1:  # the second reading of tr C must agree, or the tuned levels return
             if not 1 / TRACE_AGREE < trace_read(x, x0) / self._check[0] < TRACE_AGREE:
                 self._set_rest(1, self._check[1])  # the tuned levels from the second on, one call late (the lowest
