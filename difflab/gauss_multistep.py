@@ -49,7 +49,7 @@ import torch
 from .denoiser import Denoiser
 from .follow_width import Follower
 
-__all__ = ["cap_widths", "fit_width2", "gauss_final", "gauss_multistep"]
+__all__ = ["cap_widths", "fit_width2", "fit_width2_implied_mean", "gauss_final", "gauss_multistep"]
 
 
 def fit_width2(prev, last) -> torch.Tensor:
@@ -64,6 +64,28 @@ def fit_width2(prev, last) -> torch.Tensor:
     hi = (s_p / s_l) ** 2
     q = torch.nan_to_num((e_l * s_p / (e_p * s_l)) ** 2, nan=1.0, posinf=hi).clamp(1.0 + 1e-9, hi * (1 - 1e-9))
     return ((s_p ** 2 - q * s_l ** 2) / (q - 1)).clamp(min=0)
+
+
+def fit_width2_implied_mean(prev, last) -> torch.Tensor:
+    """Per element s^2 (float64) of the Gaussian whose implied means at two evaluations agree, wherever the two
+    points lie (they need not share a trajectory, unlike `fit_width2`'s).
+
+    Data N(mu, s^2): x0_hat = mu + s^2 / (s^2 + sigma^2) (x - mu) at any x, so the implied mean
+    m = x0_hat + (s^2 / sigma^2) (x0_hat - x) is mu at both levels. Equating m_P = m_L:
+        s^2 = (d_L - d_P) / ((d_P - x_P) / sigma_P^2 - (d_L - x_L) / sigma_L^2),
+    d = x0_hat. Elements where that is negative or not finite (no Gaussian explains the pair) get s^2 = 0.
+
+    An ablation of gauss_multistep (`width_fit="implied_mean"`), not its default. Measured
+    (benchmarks/results/samplers_between_spread.md, auto at 10 calls where modes lie far apart): after the modes are
+    chosen it keeps the spread between them exactly where the default fit, whose pair straddles the choice,
+    shrinks it (ratio 1.03 at the end against 0.56), which takes a held-out 64-D mixture from +2.21 to +0.18 nat;
+    but the steps that choose the modes leave too much spread there (ratio 1.30 for eight modes 1 wide at means
+    16 N(0, I) in 64-D), which the default's shrinking had hidden (-0.33 -> -1.18 nat), and on the stored 3-64-D
+    sets it is no better (docs/samplers.md, "Narrow modes far apart in 64-D")."""
+    (x_p, d_p, s_p), (x_l, d_l, s_l) = prev, last
+    x_p, d_p, x_l, d_l = (t.double() for t in (x_p, d_p, x_l, d_l))
+    s2 = (d_l - d_p) / ((d_p - x_p) / s_p ** 2 - (d_l - x_l) / s_l ** 2)
+    return torch.where(torch.isfinite(s2) & (s2 > 0), s2, torch.zeros_like(s2))
 
 
 def gauss_final(x_ve, d, prev, last) -> torch.Tensor:
@@ -136,7 +158,8 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
                     corrector: bool = True, reach: float = 1.0, max_ratio: float = 30.0,
                     width_scale: float = 1.0, width_cap: float | None = 100.0, cap_above: float = 0.0,
                     follow_width: bool = False, follow_spread: bool = False, principal_axes: bool = True,
-                    progress: Callable | None = None, trajectory: list | None = None) -> torch.Tensor:
+                    width_fit: str = "trajectory", progress: Callable | None = None,
+                    trajectory: list | None = None) -> torch.Tensor:
     """x_0 from x (N, ...) at grid[0] (VP units) by the Gaussian-exact multistep solver (module docstring).
 
     grid: (n + 1,) increasing alpha_bars ending with 1.0: one call per level, then the step to sigma = 0
@@ -150,7 +173,12 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
     follow_width, follow_spread: the grid follows the data's mode width and the spread of its modes
     (`follow_width.Follower`). principal_axes: where follow_spread stretched the grid's top, the widths are
     fitted per coordinate of the data's principal axes instead of its own coordinates (`_in_axes`), uncapped.
+    width_fit: "trajectory" (`fit_width2`, the default) or "implied_mean" (`fit_width2_implied_mean`, an ablation).
     Arithmetic in float64, state in x's dtype."""
+    fits = {"trajectory": fit_width2, "implied_mean": fit_width2_implied_mean}
+    if width_fit not in fits:
+        raise ValueError(f"width_fit must be one of {', '.join(fits)}, got {width_fit!r}")
+    fit = fits[width_fit]
     dtype = x.dtype
     den = Follower(denoiser, grid[:-1].tolist(), len(x), x[0].numel(), follow_width, dtype, progress,
                    spread=follow_spread, axes=principal_axes)
@@ -169,7 +197,7 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
             x, x_eval, d = (_in_axes(t, axes) for t in (x, x_eval, d))
             prev = (_in_axes(prev[0], axes), _in_axes(prev[1], axes), prev[2])
         s_i, s_j = sig[i], (sig[i + 1] if i + 1 < len(sig) else 0.0)
-        s2 = torch.zeros_like(x) if prev is None else fit_width2(prev, (x_eval, d, s_i))
+        s2 = torch.zeros_like(x) if prev is None else fit(prev, (x_eval, d, s_i))
         s2 = width_scale * s2.clamp(max=(max_ratio * s_i) ** 2)
         if width_cap is not None and prev is not None and s_i > cap_above and axes is None:
             s2 = cap_widths(s2, width_cap)

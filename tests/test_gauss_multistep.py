@@ -3,11 +3,12 @@ PF-ODE map of Gaussian mixtures."""
 import math
 
 import numpy as np
+import pytest
 import torch
 
 import difflab
 from difflab import schedules
-from difflab.gauss_multistep import cap_widths, fit_width2
+from difflab.gauss_multistep import cap_widths, fit_width2, fit_width2_implied_mean, gauss_multistep
 from difflab.mixtures import GaussianMixture
 
 SCHED = schedules.linear(T=1000)
@@ -37,6 +38,36 @@ def test_fit_width2_reads_the_width_off_two_points_of_one_gaussian_trajectory():
         pts.append((x, d, sig))
     s2 = fit_width2(*pts)
     torch.testing.assert_close(s2, (sd ** 2).expand(5, 16), rtol=1e-7, atol=1e-10)
+
+
+def test_implied_mean_fit_reads_the_width_off_any_two_points_of_one_gaussian():
+    """Two points of N(mu, s^2) on different trajectories (C drawn afresh at each level), x0_hat from the mixture's
+    closed-form posterior: equating the implied means returns s^2; the trajectory fit, which assumes one C, does
+    not."""
+    gm, mu, sd = gaussian(16, 0.7, 4)
+    den = gm.denoiser(SCHED)
+    pts = []
+    for k, sig in enumerate((3.0, 0.9)):
+        c = torch.randn(5, 16, generator=torch.Generator().manual_seed(10 + k), dtype=torch.float64)
+        x = mu + c * (sd ** 2 + sig ** 2).sqrt()
+        ab = 1 / (1 + sig ** 2)
+        pts.append((x, den.predict(x * math.sqrt(ab), torch.full((5,), ab, dtype=torch.float64))[0], sig))
+    truth = (sd ** 2).expand(5, 16)
+    torch.testing.assert_close(fit_width2_implied_mean(*pts), truth, rtol=1e-7, atol=1e-10)
+    assert float((fit_width2(*pts) - truth).abs().median()) > 0.1
+
+
+def test_implied_mean_fit_keeps_gaussian_data_exact_and_bad_names_fail():
+    """width_fit="implied_mean" is exact on a 64-D diagonal Gaussian at 10 calls too (the map in closed form), and
+    an unknown width_fit is a one-line ValueError."""
+    gm, mu, sd = gaussian(64, 0.3, 2)
+    noise = torch.randn(500, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    exact = mu + (noise / math.sqrt(AB_T) - mu) * sd / (sd ** 2 + S_MAX ** 2).sqrt()
+    x = difflab.sample(gm.denoiser(SCHED), noise, "gauss_multistep", nfe=10, width_fit="implied_mean")
+    assert float((x - exact).abs().max()) < 1e-4
+    grid = torch.cat([torch.tensor([AB_T, 0.5], dtype=torch.float64), torch.ones(1, dtype=torch.float64)])
+    with pytest.raises(ValueError, match="width_fit"):
+        gauss_multistep(gm.denoiser(SCHED), noise, grid, width_fit="means")
 
 
 def test_gaussian_data_narrower_than_the_first_level_come_out_exact():
