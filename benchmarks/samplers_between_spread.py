@@ -11,11 +11,12 @@ K - 1 centred means) and the rest. For the samples that end in the same mode as 
 mu_k the map's mode of the sample, P the projection on the between subspace (or on the rest), and the rms distance
 to the exact flow's state. A ratio below 1 at the last level means samples too concentrated around their modes (a
 higher mean log-density than the map's). Three mixtures: that one, and the follow_spread benchmark's eight modes 1
-wide at means 8 N(0, I) and 16 N(0, I) in 64-D (both pass at 10 calls). Each runs with gauss_multistep's width fit
-(`width_fit`) "trajectory" (the default, `fit_width2`) and "implied_mean" (`fit_width2_implied_mean`, an
-ablation), and a last table gives both fits' dgap and mass moved between modes (against the map) on every mixture
-of these kinds where follow_spread stretches the grid's top: the held-out sweep's two 64-D ones at scale 5 and
-the follow_spread benchmark's s = 8 and 16 in 16-128-D.
+wide at means 8 N(0, I) and 16 N(0, I) in 64-D (both pass at 10 calls). Each runs three ways (`VARIANTS`): as
+before `far_modes` (the width fit "trajectory", `fit_width2`; the trapezoid corrector; the tuned levels stretched),
+that with the width fit "implied_mean" (`fit_width2_implied_mean`) alone, and far_modes (auto's default: that fit,
+the corrector in log u and log-uniform levels below the second). A last table gives the three's dgap and mass
+moved between modes (against the map) on every mixture of these kinds where follow_spread stretches the grid's
+top: the held-out sweep's two 64-D ones at scale 5 and the follow_spread benchmark's s = 8 and 16 in 16-128-D.
 
 Run:  python benchmarks/samplers_between_spread.py      (~5 min, one core)
 Writes benchmarks/results/samplers_between_spread.md.
@@ -39,7 +40,8 @@ import samplers_vs_diffusers as B  # noqa: E402
 import difflab  # noqa: E402
 
 NFE, N = 10, 2000
-FITS = ("trajectory", "implied_mean")
+VARIANTS = {"before far_modes": {"far_modes": False}, "implied-mean fit alone": {"far_modes": False,
+            "width_fit": "implied_mean"}, "far_modes": {}}  # label -> auto's options
 CASES = {"held-out 64-D, means 5 N(0, I), widths 0.05-0.3": lambda: H.mixture(64, 5.0, 0.05, 0.3, 104),
          "64-D, eight modes 1 wide at means 8 N(0, I)": lambda: F.mixture(64, 8.0),
          "64-D, eight modes 1 wide at means 16 N(0, I)": lambda: F.mixture(64, 16.0)}
@@ -59,14 +61,14 @@ def recording(gm, seen: list):
     return difflab.Denoiser.from_eps(fn, B.SCHED)
 
 
-def per_level(gm, fit: str, levels: bool = True) -> tuple[list[str], float, float]:
+def per_level(gm, options: dict, levels: bool = True) -> tuple[list[str], float, float]:
     """Table rows (one per level after the first; none unless levels), auto's dgap and its mass moved between
-    modes against the map, for one mixture and one width fit."""
+    modes against the map, for one mixture and one variant's options."""
     judge = B.Judge(gm, N, n_floor=1)
     noise = torch.randn(N, gm.dim, generator=torch.Generator().manual_seed(1))
     ref = V.exact_map(gm, noise)
     seen, traj = [], []
-    x = difflab.sample(recording(gm, seen), noise, "auto", nfe=NFE, trajectory=traj, width_fit=fit)
+    x = difflab.sample(recording(gm, seen), noise, "auto", nfe=NFE, trajectory=traj, **options)
     dgap = judge(x)[1] - judge(ref)[1]
     moved = V.to_map(gm, judge, x, ref)["mode_tv"]
     if not levels:
@@ -102,18 +104,18 @@ def main():
              "the sample's mode over the exact flow's, in the subspace between the modes (K - 1 = 7 dimensions) "
              "and in the rest.", ""]
     for name, make in CASES.items():
-        for fit in FITS:
-            rows, dgap, _ = per_level(make(), fit)
-            lines += [f"## {name}, width_fit={fit}: dgap {dgap:+.3f} nat", "",
+        for label, options in VARIANTS.items():
+            rows, dgap, _ = per_level(make(), options)
+            lines += [f"## {name}, {label}: dgap {dgap:+.3f} nat", "",
                       "| sigma | spread ratio, between | spread ratio, rest | rms to exact flow, between | rest |",
                       "|---|---|---|---|---|", *rows, ""]
-            print(name, fit, flush=True)
-    lines += ["## Both fits where follow_spread stretches the top (auto at 10 calls)", "",
-              "| mixture | dgap, trajectory | dgap, implied_mean | mass moved %, trajectory | implied_mean |",
-              "|---|---|---|---|---|"]
+            print(name, label, flush=True)
+    lines += ["## The three where follow_spread stretches the top (auto at 10 calls)", "",
+              "| mixture | dgap: " + " / ".join(VARIANTS) + " | mass moved %: the same |", "|---|---|---|"]
     for name, make in SUMMARY.items():
-        (_, da, ma), (_, db, mb) = (per_level(make(), fit, levels=False) for fit in FITS)
-        lines.append(f"| {name} | {da:+.3f} | {db:+.3f} | {100 * ma:.2f} | {100 * mb:.2f} |")
+        got = [per_level(make(), options, levels=False)[1:] for options in VARIANTS.values()]
+        lines.append(f"| {name} | {' / '.join(f'{d:+.3f}' for d, _ in got)} | "
+                     f"{' / '.join(f'{100 * m:.2f}' for _, m in got)} |")
         print(name, flush=True)
     G.publish("samplers_between_spread.md", "\n".join(lines))
 

@@ -28,7 +28,17 @@ Where the modes lie far apart (follow_spread stretched the grid's top and the se
 fitted in the data's principal axes, the eigenvectors of C read at the first call, instead of the data's own
 coordinates (`principal_axes`, `_in_axes`): there each coordinate mixes the directions between the modes with
 those within them, and the fit read neither (64-D, eight modes 1 wide at means 16 N(0, I), 10 calls: +5.9 nat
-too concentrated against the exact map; in the axes -0.33).
+too concentrated against the exact map; in the axes -0.33). There three more things change (`far_modes`):
+  - the width is fitted so that the implied means at the two levels agree (`fit_width2_implied_mean`), not from the
+    ratio of e along one trajectory: the pair of evaluations that straddles the choice of a mode does not lie on one
+    trajectory, and the ratio fit then shrank the spread between the modes at every later step (to 0.56 of the exact
+    flow's on a held-out 64-D mixture, +2.2 nat too concentrated);
+  - the corrector weights the new evaluation as a line in log u (`_log_u_weight`, 0.59 for a step of 3x in u)
+    instead of the trapezoid's 1/2: while a mode is being chosen, x0_hat swings towards it early in the step, and
+    the trapezoid left 7-30 % too much spread between the modes;
+  - the levels below the second are log-uniform down to the lowest, where the tuned levels crowd the bottom.
+  For Gaussian data m is constant, so neither the fit nor the weight changes the exactness below. Measured on 32
+  held-out mixtures (benchmarks/results/samplers_far_modes.md), see docs/samplers.md "Modes far apart".
 
 For data whose every coordinate is Gaussian (with variances within 100 x their median, where the cap does not
 bind) the solver is exact but for its first step (DDIM, off by
@@ -75,13 +85,9 @@ def fit_width2_implied_mean(prev, last) -> torch.Tensor:
         s^2 = (d_L - d_P) / ((d_P - x_P) / sigma_P^2 - (d_L - x_L) / sigma_L^2),
     d = x0_hat. Elements where that is negative or not finite (no Gaussian explains the pair) get s^2 = 0.
 
-    An ablation of gauss_multistep (`width_fit="implied_mean"`), not its default. Measured
-    (benchmarks/results/samplers_between_spread.md, auto at 10 calls where modes lie far apart): after the modes are
-    chosen it keeps the spread between them exactly where the default fit, whose pair straddles the choice,
-    shrinks it (ratio 1.03 at the end against 0.56), which takes a held-out 64-D mixture from +2.21 to +0.18 nat;
-    but the steps that choose the modes leave too much spread there (ratio 1.30 for eight modes 1 wide at means
-    16 N(0, I) in 64-D), which the default's shrinking had hidden (-0.33 -> -1.18 nat), and on the stored 3-64-D
-    sets it is no better (docs/samplers.md, "Narrow modes far apart in 64-D")."""
+    gauss_multistep fits with it where the modes lie far apart (`far_modes`, module docstring); everywhere with
+    `width_fit="implied_mean"`, an ablation: on the stored 3-64-D sets, where the modes are chosen over many
+    levels, it is no better than `fit_width2` (docs/samplers.md, "Narrow modes far apart in 64-D")."""
     (x_p, d_p, s_p), (x_l, d_l, s_l) = prev, last
     x_p, d_p, x_l, d_l = (t.double() for t in (x_p, d_p, x_l, d_l))
     s2 = (d_l - d_p) / ((d_p - x_p) / s_p ** 2 - (d_l - x_l) / s_l ** 2)
@@ -158,7 +164,7 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
                     corrector: bool = True, reach: float = 1.0, max_ratio: float = 30.0,
                     width_scale: float = 1.0, width_cap: float | None = 100.0, cap_above: float = 0.0,
                     follow_width: bool = False, follow_spread: bool = False, principal_axes: bool = True,
-                    width_fit: str = "trajectory", progress: Callable | None = None,
+                    width_fit: str = "trajectory", far_modes: bool = True, progress: Callable | None = None,
                     trajectory: list | None = None) -> torch.Tensor:
     """x_0 from x (N, ...) at grid[0] (VP units) by the Gaussian-exact multistep solver (module docstring).
 
@@ -174,6 +180,9 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
     (`follow_width.Follower`). principal_axes: where follow_spread stretched the grid's top, the widths are
     fitted per coordinate of the data's principal axes instead of its own coordinates (`_in_axes`), uncapped.
     width_fit: "trajectory" (`fit_width2`, the default) or "implied_mean" (`fit_width2_implied_mean`, an ablation).
+    far_modes: where the principal axes are taken (modes far apart), also take the levels below the second
+    log-uniformly down to the lowest, fit the widths by `fit_width2_implied_mean` and weight the corrector's
+    evaluations as a line in log u (`_log_u_weight`); see the module docstring.
     Arithmetic in float64, state in x's dtype."""
     fits = {"trajectory": fit_width2, "implied_mean": fit_width2_implied_mean}
     if width_fit not in fits:
@@ -196,6 +205,9 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
             axes = den.basis
             x, x_eval, d = (_in_axes(t, axes) for t in (x, x_eval, d))
             prev = (_in_axes(prev[0], axes), _in_axes(prev[1], axes), prev[2])
+            if far_modes:
+                den._set_rest(1, _log_uniform(sig[1], sig[-1], len(sig) - 1)[1:])
+                fit = fit_width2_implied_mean
         s_i, s_j = sig[i], (sig[i + 1] if i + 1 < len(sig) else 0.0)
         s2 = torch.zeros_like(x) if prev is None else fit(prev, (x_eval, d, s_i))
         s2 = width_scale * s2.clamp(max=(max_ratio * s_i) ** 2)
@@ -215,13 +227,31 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
         d_new = call(x_new, i + 1)
         if corrector:
             m_j = _implied_mean(s2, x_new, d_new, s_j)
-            x_corr = (x * u_i + _integral(u_i, u_j, [(u_j, m_j), (u_i, m_i)])) / u_j
+            if axes is not None and far_modes:
+                x_corr = (x * u_i + (u_j - u_i) * (m_i + _log_u_weight(u_i, u_j) * (m_j - m_i))) / u_j
+            else:
+                x_corr = (x * u_i + _integral(u_i, u_j, [(u_j, m_j), (u_i, m_i)])) / u_j
         else:
             x_corr = x_new
         if trajectory is not None:
             trajectory.append((_out_of_axes(x_corr, axes) * math.sqrt(levels[i + 1])).to(dtype))
         x, x_eval, d = x_corr, x_new, d_new
     return _out_of_axes(x, axes).to(dtype)
+
+
+def _log_uniform(top: float, low: float, n: int) -> list[float]:
+    """n levels from top down to low, evenly spaced in log sigma."""
+    return [top * (low / top) ** (k / (n - 1)) for k in range(n)]
+
+
+def _log_u_weight(u_i: torch.Tensor, u_j: torch.Tensor) -> torch.Tensor:
+    """The weight w of m_j in the mean of m over [u_i, u_j] when m is a line in log u between (u_i, m_i) and
+    (u_j, m_j):  (1 / (u_j - u_i)) integral m du = m_i + w (m_j - m_i),  w = (r ln r - r + 1) / ((r - 1) ln r),
+    r = u_j / u_i (w -> 1/2 as r -> 1, the trapezoid; 0.59 at r = 3). For Gaussian data m is constant and any w
+    is exact (module docstring, far_modes)."""
+    e = u_j / u_i - 1  # r - 1, so that the numerator r ln r - (r - 1) does not cancel against 1
+    lr = e.log1p()
+    return (((1 + e) * lr - e) / (e * lr)).nan_to_num(0.5)
 
 
 def _in_axes(t: torch.Tensor, axes: torch.Tensor) -> torch.Tensor:

@@ -181,3 +181,18 @@ def test_the_width_cap_at_low_noise_keeps_narrow_close_modes_near_the_exact_map(
     err = errors_to_the_exact_map(gm, 1000, 1, {"every level": ("gauss_multistep", 10, {}),
                                                 "above 3": ("gauss_multistep", 10, {"cap_above": 3.0})})
     assert abs(err["every level"]) < 0.6 * abs(err["above 3"]) and abs(err["above 3"]) > 0.8, err
+
+
+def test_log_u_weight_is_the_mean_of_a_line_in_log_u():
+    """m(u) = a + b ln u between u_i and u_j: its mean over [u_i, u_j] (a fine trapezoid rule, 200001 points) is
+    m_i + w (m_j - m_i) with `_log_u_weight`'s w; w -> 1/2 as u_j -> u_i."""
+    from difflab.gauss_multistep import _log_u_weight
+    for u_i, u_j in ((0.01, 0.03), (0.1, 1.0), (2.0, 2.5), (0.3, 30.0)):
+        u = torch.linspace(u_i, u_j, 200001, dtype=torch.float64)
+        m = 0.7 - 1.3 * u.log()
+        mean = float(torch.trapezoid(m, u)) / (u_j - u_i)
+        w = _log_u_weight(torch.tensor(u_i, dtype=torch.float64), torch.tensor(u_j, dtype=torch.float64))
+        assert abs(float(m[0] + w * (m[-1] - m[0])) - mean) < 1e-8
+    assert abs(float(_log_u_weight(torch.tensor(1.0), torch.tensor(1.0))) - 0.5) < 1e-12
+    w = _log_u_weight(torch.tensor(1.0, dtype=torch.float64), torch.tensor(1.0 + 1e-7, dtype=torch.float64))
+    assert abs(float(w) - 0.5) < 1e-6
