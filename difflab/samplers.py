@@ -965,6 +965,7 @@ def auto_choice(nfe: int, dim: int) -> str:
     return "unipc"
 
 
+GAUSS_ONLY = ("principal_axes", "far_modes", "width_fit")  # auto drops these where it runs another sampler
 AUTO_FOLLOW_FROM = 9  # auto's grid follows the data (`follow_width`: the mode width, `follow_spread`: the spread of
 #                      the modes) from this many calls: at 8 the width moved the error around (2-D wide toys 3
 #                      closer, 3 farther; 6-D and 8-D wide modes farther)
@@ -980,7 +981,7 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sampler: str = "ancestral", 
 
     sampler: one of NAMES, or "auto" (`auto_choice`: the sampler measured closest to the exact PF-ODE map
     for this nfe and data size, with follow_width=True and follow_spread=True from AUTO_FOLLOW_FROM calls unless
-    told otherwise; principal_axes= reaches gauss_multistep only);
+    told otherwise; principal_axes=, far_modes= and width_fit= reach gauss_multistep only);
     nfe: denoiser calls (default: the schedule's T; ignored by the adaptive
     "ode"); grid: override the sampler's default time grid (see `make_grid`); options go to the sampler
     (variance=, eta=, sde=, order=, snr=, final=, progress= (called once per call), trajectory=, ...).
@@ -994,8 +995,9 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, sampler: str = "ancestral", 
         sampler = auto_choice(calls, noise[0].numel())  # split_multistep, gauss_multistep or unipc
         options.setdefault("follow_width", calls >= AUTO_FOLLOW_FROM)  # `follow_width`
         options.setdefault("follow_spread", calls >= AUTO_FOLLOW_FROM)
-        if sampler != "gauss_multistep":  # the one sampler with a per-coordinate model to turn (default on)
-            options.pop("principal_axes", None)
+        if sampler != "gauss_multistep":  # options of the one sampler with a per-coordinate width model
+            for name in GAUSS_ONLY:
+                options.pop(name, None)
     if sampler not in NAMES:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(NAMES)} or {AUTO}")
     spec = _SPECS[sampler]

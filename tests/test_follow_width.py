@@ -341,3 +341,15 @@ def test_far_modes_keep_the_spread_of_narrow_modes_far_apart():
     assert err > 1.5, err
     err, other = run(True)
     assert abs(err) < 0.8 and other < 0.01, (err, other)
+
+
+def test_auto_drops_gauss_multistep_options_where_it_runs_another_sampler():
+    """principal_axes=, far_modes= and width_fit= are gauss_multistep's: where auto runs UniPC (20 calls) or
+    split_multistep (2-D, 10 calls) they are dropped, and the samples are the same as without them."""
+    for dim, nfe in ((8, 20), (2, 10)):
+        den = modes_far_apart(dim, 4.0).fast_denoiser(SCHED)
+        noise = torch.randn(200, dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        plain = difflab.sample(den, noise, "auto", nfe=nfe)
+        told = difflab.sample(den, noise, "auto", nfe=nfe, principal_axes=False, far_modes=False,
+                              width_fit="implied_mean")
+        assert torch.equal(plain, told)
