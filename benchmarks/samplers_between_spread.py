@@ -14,9 +14,10 @@ higher mean log-density than the map's). Three mixtures: that one, and the follo
 wide at means 8 N(0, I) and 16 N(0, I) in 64-D (both pass at 10 calls). Each runs three ways (`VARIANTS`): as
 before `far_modes` (the width fit "trajectory", `fit_width2`; the trapezoid corrector; the tuned levels stretched),
 that with the width fit "implied_mean" (`fit_width2_implied_mean`) alone, and far_modes (auto's default: that fit,
-the corrector in log u and log-uniform levels below the second). A last table gives the three's dgap and mass
-moved between modes (against the map) on every mixture of these kinds where follow_spread stretches the grid's
-top: the held-out sweep's two 64-D ones at scale 5 and the follow_spread benchmark's s = 8 and 16 in 16-128-D.
+the corrector in log u, log-uniform levels below the second and the data's coordinates once the modes are chosen).
+A last table gives the three's dgap and mass moved between modes (against the map) on every mixture of these kinds
+where follow_spread stretches the grid's top: the held-out sweep's two 64-D ones at scale 5 and the follow_spread
+benchmark's s = 8 and 16 in 16-128-D.
 
 Run:  python benchmarks/samplers_between_spread.py      (~5 min, one core)
 Writes benchmarks/results/samplers_between_spread.md.

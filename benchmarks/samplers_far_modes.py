@@ -2,9 +2,10 @@
 
 Where follow_spread stretches the grid's top and gauss_multistep takes the data's principal axes, `far_modes` (its
 default) also takes the levels below the second log-uniformly, fits the widths by their implied means
-(`fit_width2_implied_mean`) and weights the corrector as a line in log u (`_log_u_weight`); see
-benchmarks/results/samplers_between_spread.md for why. Those choices were made on the follow_spread benchmark's
-mixtures and two of the held-out sweep's; this runs mixtures drawn afresh, none of them seen while choosing:
+(`fit_width2_implied_mean`), weights the corrector as a line in log u (`_log_u_weight`) and turns back to the data's
+coordinates once the modes are chosen (`CHOSEN_BELOW`); see benchmarks/results/samplers_between_spread.md for why.
+Those choices were made on the follow_spread benchmark's mixtures and two of the held-out sweep's (the last, after
+the first three, and checked on parts b and c here); this runs mixtures drawn afresh:
 
   a: eight modes 1 wide at means s N(0, I), s = 8, 16, 24, in 16, 32, 64 and 128 dimensions;
   b: eight modes, widths U(lo, hi) per coordinate, means scale N(0, I), in 32, 64 and 128 dimensions;

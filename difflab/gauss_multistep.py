@@ -36,7 +36,11 @@ too concentrated against the exact map; in the axes -0.33). There three more thi
   - the corrector weights the new evaluation as a line in log u (`_log_u_weight`, 0.59 for a step of 3x in u)
     instead of the trapezoid's 1/2: while a mode is being chosen, x0_hat swings towards it early in the step, and
     the trapezoid left 7-30 % too much spread between the modes;
-  - the levels below the second are log-uniform down to the lowest, where the tuned levels crowd the bottom.
+  - the levels below the second are log-uniform down to the lowest, where the tuned levels crowd the bottom;
+  - once the modes are chosen (sigma below the stretched second level / CHOSEN_BELOW = 20) the state turns back to
+    the data's own coordinates: within one mode the per-coordinate fit is exact for modes aligned with them, which
+    the axes had mixed (the held-out 64-D mixture, widths 0.05-0.3 per coordinate: +0.51 -> -0.01 nat; turned
+    back at a fifth of the second level, while modes are still being chosen: +1.21).
   For Gaussian data m is constant, so neither the fit nor the weight changes the exactness below. Measured on 32
   held-out mixtures (benchmarks/results/samplers_far_modes.md), see docs/samplers.md "Modes far apart".
 
@@ -58,6 +62,8 @@ import torch
 
 from .denoiser import Denoiser
 from .follow_width import Follower
+
+CHOSEN_BELOW = 20.0  # far_modes: the modes count as chosen below sigma = (the stretched second level) / this
 
 __all__ = ["cap_widths", "fit_width2", "fit_width2_implied_mean", "gauss_final", "gauss_multistep"]
 
@@ -181,8 +187,9 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
     fitted per coordinate of the data's principal axes instead of its own coordinates (`_in_axes`), uncapped.
     width_fit: "trajectory" (`fit_width2`, the default) or "implied_mean" (`fit_width2_implied_mean`, an ablation).
     far_modes: where the principal axes are taken (modes far apart), also take the levels below the second
-    log-uniformly down to the lowest, fit the widths by `fit_width2_implied_mean` and weight the corrector's
-    evaluations as a line in log u (`_log_u_weight`); see the module docstring.
+    log-uniformly down to the lowest, fit the widths by `fit_width2_implied_mean`, weight the corrector's
+    evaluations as a line in log u (`_log_u_weight`) and turn back to the data's coordinates once the modes are
+    chosen (`CHOSEN_BELOW`); see the module docstring.
     Arithmetic in float64, state in x's dtype."""
     fits = {"trajectory": fit_width2, "implied_mean": fit_width2_implied_mean}
     if width_fit not in fits:
@@ -200,18 +207,23 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
     x = x.double() / math.sqrt(levels[0])  # VE state
     x_eval, d = x, den(x, 0)  # the point where the latest evaluation was made, and x0_hat there
     prev = None  # (x_eval, x0_hat, sigma) of the evaluation before
+    far = False  # far_modes in force (from the second level, where the axes were taken)
     for i in range(len(levels)):
         if i == 1 and den.basis is not None:  # the first step (DDIM) is the same in any axes: turn everything now
             axes = den.basis
             x, x_eval, d = (_in_axes(t, axes) for t in (x, x_eval, d))
             prev = (_in_axes(prev[0], axes), _in_axes(prev[1], axes), prev[2])
             if far_modes:
+                far, fit = True, fit_width2_implied_mean
                 den._set_rest(1, _log_uniform(sig[1], sig[-1], len(sig) - 1)[1:])
-                fit = fit_width2_implied_mean
+        elif far and axes is not None and sig[i] < sig[1] / CHOSEN_BELOW:  # modes chosen: back to the data's own
+            x, x_eval, d = (_out_of_axes(t, axes) for t in (x, x_eval, d))  # coordinates, where diagonal modes are
+            prev = (_out_of_axes(prev[0], axes), _out_of_axes(prev[1], axes), prev[2])  # exact per coordinate
+            axes = None
         s_i, s_j = sig[i], (sig[i + 1] if i + 1 < len(sig) else 0.0)
         s2 = torch.zeros_like(x) if prev is None else fit(prev, (x_eval, d, s_i))
         s2 = width_scale * s2.clamp(max=(max_ratio * s_i) ** 2)
-        if width_cap is not None and prev is not None and s_i > cap_above and axes is None:
+        if width_cap is not None and prev is not None and s_i > cap_above and axes is None and not far:
             s2 = cap_widths(s2, width_cap)
 
         u_i = _u(s2, s_i)
@@ -227,7 +239,7 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
         d_new = call(x_new, i + 1)
         if corrector:
             m_j = _implied_mean(s2, x_new, d_new, s_j)
-            if axes is not None and far_modes:
+            if far:
                 x_corr = (x * u_i + (u_j - u_i) * (m_i + _log_u_weight(u_i, u_j) * (m_j - m_i))) / u_j
             else:
                 x_corr = (x * u_i + _integral(u_i, u_j, [(u_j, m_j), (u_i, m_i)])) / u_j
