@@ -28,7 +28,7 @@ Where the modes lie far apart (follow_spread stretched the grid's top and the se
 fitted in the data's principal axes, the eigenvectors of C read at the first call, instead of the data's own
 coordinates (`principal_axes`, `_in_axes`): there each coordinate mixes the directions between the modes with
 those within them, and the fit read neither (64-D, eight modes 1 wide at means 16 N(0, I), 10 calls: +5.9 nat
-too concentrated against the exact map; in the axes -0.33). There three more things change (`far_modes`):
+too concentrated against the exact map; in the axes -0.33). There four more things change (`far_modes`):
   - the width is fitted so that the implied means at the two levels agree (`fit_width2_implied_mean`), not from the
     ratio of e along one trajectory: the pair of evaluations that straddles the choice of a mode does not lie on one
     trajectory, and the ratio fit then shrank the spread between the modes at every later step (to 0.56 of the exact
@@ -93,7 +93,7 @@ def fit_width2_implied_mean(prev, last) -> torch.Tensor:
 
     gauss_multistep fits with it where the modes lie far apart (`far_modes`, module docstring); everywhere with
     `width_fit="implied_mean"`, an ablation: on the stored 3-64-D sets, where the modes are chosen over many
-    levels, it is no better than `fit_width2` (docs/samplers.md, "Narrow modes far apart in 64-D")."""
+    levels, it is no better than `fit_width2` (docs/samplers.md, "How far_modes was found")."""
     (x_p, d_p, s_p), (x_l, d_l, s_l) = prev, last
     x_p, d_p, x_l, d_l = (t.double() for t in (x_p, d_p, x_l, d_l))
     s2 = (d_l - d_p) / ((d_p - x_p) / s_p ** 2 - (d_l - x_l) / s_l ** 2)
@@ -185,11 +185,12 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
     follow_width, follow_spread: the grid follows the data's mode width and the spread of its modes
     (`follow_width.Follower`). principal_axes: where follow_spread stretched the grid's top, the widths are
     fitted per coordinate of the data's principal axes instead of its own coordinates (`_in_axes`), uncapped.
-    width_fit: "trajectory" (`fit_width2`, the default) or "implied_mean" (`fit_width2_implied_mean`, an ablation).
+    width_fit: "trajectory" (`fit_width2`, the default) or "implied_mean" (`fit_width2_implied_mean`, an ablation);
+    where far_modes acts, the implied-mean fit is used whatever this says.
     far_modes: where the principal axes are taken (modes far apart), also take the levels below the second
     log-uniformly down to the lowest, fit the widths by `fit_width2_implied_mean`, weight the corrector's
     evaluations as a line in log u (`_log_u_weight`) and turn back to the data's coordinates once the modes are
-    chosen (`CHOSEN_BELOW`); see the module docstring.
+    chosen (`CHOSEN_BELOW`), all uncapped; see the module docstring.
     Arithmetic in float64, state in x's dtype."""
     fits = {"trajectory": fit_width2, "implied_mean": fit_width2_implied_mean}
     if width_fit not in fits:
