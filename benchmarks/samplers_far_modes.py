@@ -25,9 +25,7 @@ Writes benchmarks/results/samplers_far_modes_<part>.json, and samplers_far_modes
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -131,12 +129,8 @@ def main():
     if not args.report:
         if args.part is None:
             ap.error("--part is needed unless --report")
-        rows = []
-        for label, margs in cases(args.part):
-            t0 = time.time()
-            rows.append(run(label, margs))
-            print(f"{label} ({time.time() - t0:.0f}s)", flush=True)
-            (RESULTS / f"samplers_far_modes_{args.part}.json").write_text(json.dumps(rows, indent=1))
+        G.run_part(((label, lambda label=label, m=margs: run(label, m)) for label, margs in cases(args.part)),
+                   f"samplers_far_modes_{args.part}.json")
     G.publish("samplers_far_modes.md", report(G.merged_parts("samplers_far_modes_*.json")))
 
 

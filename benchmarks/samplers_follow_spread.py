@@ -19,9 +19,7 @@ Writes benchmarks/results/samplers_follow_spread_<part>.json, and samplers_follo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -116,13 +114,9 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     if not args.report:
-        rows = []
-        for dim in (int(v) for v in args.dims.split(",")):
-            for spread in SPREADS:
-                t0 = time.time()
-                rows.append(run(dim, spread))
-                print(f"dim {dim} s {spread:g} ({time.time() - t0:.0f}s)", flush=True)
-                (RESULTS / f"samplers_follow_spread_{args.part}.json").write_text(json.dumps(rows, indent=1))
+        G.run_part(((f"dim {dim} s {spread:g}", lambda dim=dim, spread=spread: run(dim, spread))
+                    for dim in (int(v) for v in args.dims.split(",")) for spread in SPREADS),
+                   f"samplers_follow_spread_{args.part}.json")
     G.publish("samplers_follow_spread.md", report(G.merged_parts("samplers_follow_spread_*.json")))
 
 

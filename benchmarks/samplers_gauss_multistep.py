@@ -140,6 +140,18 @@ def merged_parts(pattern: str, skip: str | None = None):
     return {} if merged is None else merged
 
 
+def run_part(jobs, name: str) -> list:
+    """Run jobs, (label, thunk returning one row), in order; print each label with its time and rewrite RESULTS/name
+    with the rows so far after each (JSON round-tripped, so integer keys read back as strings)."""
+    rows = []
+    for label, job in jobs:
+        t0 = time.time()
+        rows.append(json.loads(json.dumps(job())))
+        print(f"{label} ({time.time() - t0:.0f}s)", flush=True)
+        (RESULTS / name).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
 def publish(name: str, text: str) -> None:
     """Write a generated report to RESULTS/name and print it."""
     (RESULTS / name).write_text(text)

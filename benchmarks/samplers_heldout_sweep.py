@@ -17,9 +17,7 @@ Writes benchmarks/results/samplers_heldout_sweep_<dim>d.json, and samplers_heldo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -100,14 +98,10 @@ def main():
     if not args.report:
         if args.dim is None:
             ap.error("--dim is needed unless --report")
-        rows, seed = [], FIRST_SEED[args.dim]
-        for scale in SCALES[args.dim]:
-            for lo, hi in WIDTHS:
-                t0 = time.time()
-                rows.append(json.loads(json.dumps(run(args.dim, scale, lo, hi, seed))))  # NFE keys as strings
-                seed += 1
-                print(f"dim {args.dim} scale {scale:g} widths {lo:g}-{hi:g} ({time.time() - t0:.0f}s)", flush=True)
-                (RESULTS / f"samplers_heldout_sweep_{args.dim}d.json").write_text(json.dumps(rows, indent=1))
+        layouts = [(scale, lo, hi) for scale in SCALES[args.dim] for lo, hi in WIDTHS]  # one seed each, in order
+        G.run_part(((f"dim {args.dim} scale {scale:g} widths {lo:g}-{hi:g}",
+                     lambda k=k, scale=scale, lo=lo, hi=hi: run(args.dim, scale, lo, hi, FIRST_SEED[args.dim] + k))
+                    for k, (scale, lo, hi) in enumerate(layouts)), f"samplers_heldout_sweep_{args.dim}d.json")
     G.publish("samplers_heldout_sweep.md", report(G.merged_parts("samplers_heldout_sweep_*d.json")))
 
 

@@ -233,7 +233,8 @@ class Follower:
         self.basis = None  # the principal axes (axes=True; set at the second call)
         self._probe = self._largest_std = self._check = self._axes = None
 
-    def _set_rest(self, i: int, rest: list[float]):
+    def set_rest(self, i: int, rest: list[float]):
+        """Replace the levels after level i by rest (VE sigmas, decreasing), in sig and levels alike."""
         self.sig[i + 1:] = rest
         self.levels[i + 1:] = [1.0 / (1.0 + s * s) for s in rest]
 
@@ -245,7 +246,7 @@ class Follower:
             self.width = width_from_probe(d_rows, self._probe[1])
             rest = self.sig[i + 1:]
             if (warped := warped_levels(rest, self.sig[i], self.width, self._largest_std)) is not rest:
-                self._set_rest(i, warped)
+                self.set_rest(i, warped)
             return d
         d = predict_at(self.denoiser, x_vp, self.levels[i], self.progress)[0].double()
         if i >= PROBE_CALL:
@@ -255,7 +256,7 @@ class Follower:
             self.spread, trace, vec = _read_spread(x, x0, self.sig[0])
             rest = self.sig[1:]
             if self.spread is not None and (topped := topped_levels(rest, self.sig[0], self.spread)) is not rest:
-                self._set_rest(0, topped)  # only when changed: alpha_bars recomputed from sigma differ in rounding
+                self.set_rest(0, topped)  # only when changed: alpha_bars recomputed from sigma differ in rounding
                 self._check = (trace, rest[:-1])
                 if self.axes and vec is None:  # below BETWEEN_DIM the spread needed no decomposition
                     try:
@@ -265,7 +266,7 @@ class Follower:
                 self._axes = vec if self.axes else None
         elif self._check is not None and i == 1:  # the second reading of tr C must agree, or the tuned levels return
             if not 1 / TRACE_AGREE < trace_read(x, x0) / self._check[0] < TRACE_AGREE:
-                self._set_rest(1, self._check[1])  # the tuned levels from the second on, one call late (the lowest
+                self.set_rest(1, self._check[1])  # the tuned levels from the second on, one call late (the lowest
                 # dropped): below the stretched second level, so the grid stays ordered
             else:
                 self.basis = self._axes

@@ -58,6 +58,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from .denoiser import Denoiser
@@ -216,7 +217,7 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
             prev = (_in_axes(prev[0], axes), _in_axes(prev[1], axes), prev[2])
             if far_modes:
                 far, fit = True, fit_width2_implied_mean
-                den._set_rest(1, _log_uniform(sig[1], sig[-1], len(sig) - 1)[1:])
+                den.set_rest(1, np.geomspace(sig[1], sig[-1], len(sig) - 1)[1:].tolist())  # log-uniform
         elif far and axes is not None and sig[i] < sig[1] / CHOSEN_BELOW:  # modes chosen: back to the data's own
             x, x_eval, d = (_out_of_axes(t, axes) for t in (x, x_eval, d))  # coordinates, where diagonal modes are
             prev = (_out_of_axes(prev[0], axes), _out_of_axes(prev[1], axes), prev[2])  # exact per coordinate
@@ -250,11 +251,6 @@ def gauss_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, gen
             trajectory.append((_out_of_axes(x_corr, axes) * math.sqrt(levels[i + 1])).to(dtype))
         x, x_eval, d = x_corr, x_new, d_new
     return _out_of_axes(x, axes).to(dtype)
-
-
-def _log_uniform(top: float, low: float, n: int) -> list[float]:
-    """n levels from top down to low, evenly spaced in log sigma."""
-    return [top * (low / top) ** (k / (n - 1)) for k in range(n)]
 
 
 def _log_u_weight(u_i: torch.Tensor, u_j: torch.Tensor) -> torch.Tensor:

@@ -274,6 +274,21 @@ def test_a_scale_error_in_eps_is_caught_at_the_second_call():
     assert seen[2] < tuned[2] * (1 - 1e-6) and seen[2] != pytest.approx(tuned[1], rel=1e-6)
 
 
+def against_the_exact_map(gm, n=2000, nfe=10):
+    """run(**options) -> (mean log-density of auto's samples minus the exact PF-ODE map's, fraction of samples whose
+    most likely mode differs from the map's), both from the same noise (seed 1) and gm's exact denoiser."""
+    den = gm.fast_denoiser(SCHED)
+    noise = torch.randn(n, gm.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref = difflab.sample(den, noise, "ode", rtol=1e-7, atol=1e-7)
+    mode_ref = gm.component_log_probs(ref).argmax(1)
+
+    def run(**options):
+        x = difflab.sample(den, noise, "auto", nfe=nfe, **options)
+        other = float((gm.component_log_probs(x).argmax(1) != mode_ref).double().mean())
+        return float(gm.log_prob(x).mean() - gm.log_prob(ref).mean()), other
+    return run
+
+
 def test_principal_axes_where_modes_lie_far_apart():
     """Eight modes 1 wide at means 16 N(0, I) in 64 dimensions, 2000 samples, auto (gauss_multistep) at 10 calls,
     against the exact PF-ODE map of the same noise. With the widths fitted per data coordinate, every coordinate mixes
@@ -282,20 +297,10 @@ def test_principal_axes_where_modes_lie_far_apart():
     within 1 nat (measured -0.26; +0.05 with far_modes, auto's default since), under 2 % of the samples in another
     mode than the map's (1.2 %; with far_modes 0.8 %, as without the axes). A basis is only taken where the second
     call's check agreed: the eps scale error of the test above stretches the top but leaves no basis."""
-    gm = modes_far_apart(64, 16.0)
-    den = gm.fast_denoiser(SCHED)
-    noise = torch.randn(2000, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    ref = difflab.sample(den, noise, "ode", rtol=1e-7, atol=1e-7)
-    mode_ref = gm.component_log_probs(ref).argmax(1)
-
-    def run(axes):
-        x = difflab.sample(den, noise, "auto", nfe=10, principal_axes=axes)
-        other = float((gm.component_log_probs(x).argmax(1) != mode_ref).double().mean())
-        return float(gm.log_prob(x).mean() - gm.log_prob(ref).mean()), other
-
-    err, _ = run(False)
+    run = against_the_exact_map(modes_far_apart(64, 16.0))
+    err, _ = run(principal_axes=False)
     assert err > 2.0, err
-    err, other = run(True)
+    err, other = run(principal_axes=True)
     assert abs(err) < 1.0 and other < 0.02, (err, other)
 
     def basis_after_two_calls(eps_fn, dim):
@@ -327,19 +332,10 @@ def test_far_modes_keep_the_spread_of_narrow_modes_far_apart():
     w = torch.rand(8, generator=g, dtype=torch.float64) + 0.2
     mu = 5.0 * torch.randn(8, 64, generator=g, dtype=torch.float64)
     gm = GaussianMixture(w, mu, 0.05 + 0.25 * torch.rand(8, 64, generator=g, dtype=torch.float64))
-    den = gm.fast_denoiser(SCHED)
-    noise = torch.randn(2000, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    ref = difflab.sample(den, noise, "ode", rtol=1e-7, atol=1e-7)
-    mode_ref = gm.component_log_probs(ref).argmax(1)
-
-    def run(far):
-        x = difflab.sample(den, noise, "auto", nfe=10, far_modes=far)
-        other = float((gm.component_log_probs(x).argmax(1) != mode_ref).double().mean())
-        return float(gm.log_prob(x).mean() - gm.log_prob(ref).mean()), other
-
-    err, _ = run(False)
+    run = against_the_exact_map(gm)
+    err, _ = run(far_modes=False)
     assert err > 1.5, err
-    err, other = run(True)
+    err, other = run(far_modes=True)
     assert abs(err) < 0.3 and other < 0.01, (err, other)
 
 
