@@ -169,7 +169,16 @@ def _grid_karras(schedule, n, rho=7.0):
 # The 10-level entry "low" then had, evenly spread over sigma 16 .. 0.05 (`_SPREAD_10`), beats them on 33 / 22 (the
 # exact PF-ODE map itself: 34 / 23), mean |error| 1.8 -> 1.0 and 1.6 -> 0.8 nat; its cost is on single
 # Gaussians of scale 0.2 .. 3 (0.5 .. 1.4 nat off, where diffusers' best is 2.4 .. 4.7 off up to scale 1).
-# At 5 .. 9 levels the Gaussian-tuned entries keep the lower median. Nelder-Mead over the nine levels on 80
+# At 5 .. 7 levels the Gaussian-tuned entries keep the lower median (UniPC, auto's sampler there). At 8 and 9
+# levels, where auto runs gauss_multistep, they ended too low (sigma 0.022 and 0.016; the 10-level entry 0.048)
+# and its samples too concentrated: 2-6 nat off the exact map on digit-like 64-D mixtures. _SPREAD_10 resampled
+# (benchmarks/results/samplers_short_highdim_grid.md, 136 stored mixtures in 16-256 dimensions): at 9 levels 92
+# closer to the map, 40 farther, median error 64-D 0.99 -> 0.32 nat, digit-like 0.80 -> 0.31, background 3.38 ->
+# 1.49, 256-D 2.99 -> 1.04, mass moved between modes about halved; at 8 levels 84 closer, 47 farther. It loses
+# on narrow modes close together (16-D seeds 0-7: 0.22 -> 0.50 at 9 levels) and UniPC's medians move both ways
+# (its mass moved halves). On digits U-Nets auto's distance to the net's PF-ODE map at 9 calls 0.071-0.082 ->
+# 0.032-0.052 per pixel, at 8 0.084-0.099 -> 0.052-0.061 (scratch, three demo nets, 256 samples). Nelder-Mead
+# over the 10-level entry's nine levels on 80
 # random 64-D mixtures (benchmarks/samplers_grid_optimise_highdim.py) lowered the training error (1.02 -> 0.77
 # nat) but lost held-out mixtures (22 -> 20 of 24 beating diffusers; wide ones +2.2 -> +4.1 nat): not adopted.
 def _resample(sig: list[float], n: int) -> torch.Tensor:
@@ -188,8 +197,8 @@ _TUNED: dict[str, dict[int, tuple[int, list[float]]]] = {  # "high"/"low"/"2d" -
         5: (2, [4.283, 1.065, 0.1835, 0.0402]),
         6: (2, [5.049, 1.651, 0.3118, 0.1135, 0.0326]),
         7: (2, [6.811, 2.168, 0.5521, 0.1677, 0.0725, 0.0267]),
-        8: (2, [9.39, 2.925, 0.7969, 0.2853, 0.09808, 0.05189, 0.02157]),
-        9: (2, [15.72, 4.147, 1.177, 0.3851, 0.1484, 0.06093, 0.03287, 0.01595]),
+        8: (2, _resample(_SPREAD_10[1], 8).exp().tolist()),  # 8 and 9 levels: _SPREAD_10 resampled (see above)
+        9: (2, _resample(_SPREAD_10[1], 9).exp().tolist()),
         10: _SPREAD_10,
     },
     "low": {  # benchmarks/samplers_grid_tuning_lowdim.py (issue 5): chosen on 40 random 2-D mixtures
