@@ -177,10 +177,10 @@ def _grid_karras(schedule, n, rho=7.0):
 # 1.49, 256-D 2.99 -> 1.04, mass moved between modes about halved; at 8 levels 84 closer, 47 farther. It loses
 # on narrow modes close together (16-D seeds 0-7: 0.22 -> 0.50 at 9 levels) and UniPC's medians move both ways
 # (its mass moved halves). On digits U-Nets auto's distance to the net's PF-ODE map at 9 calls 0.071-0.082 ->
-# 0.032-0.052 per pixel, at 8 0.084-0.099 -> 0.052-0.061 (scratch, three demo nets, 256 samples). Nelder-Mead
-# over the 10-level entry's nine levels on 80
-# random 64-D mixtures (benchmarks/samplers_grid_optimise_highdim.py) lowered the training error (1.02 -> 0.77
-# nat) but lost held-out mixtures (22 -> 20 of 24 beating diffusers; wide ones +2.2 -> +4.1 nat): not adopted.
+# 0.032-0.052 per pixel, at 8 0.084-0.099 -> 0.052-0.061 (scratch, three demo nets, 256 samples).
+# Nelder-Mead over the 10-level entry's nine levels on 80 random 64-D mixtures
+# (benchmarks/samplers_grid_optimise_highdim.py) lowered the training error (1.02 -> 0.77 nat) but lost held-out
+# mixtures (22 -> 20 of 24 beating diffusers; wide ones +2.2 -> +4.1 nat): not adopted.
 def _resample(sig: list[float], n: int) -> torch.Tensor:
     """(n - 1,) float64 log-sigmas: the levels sig (a table entry's interior sigmas) resampled to n levels,
     log-sigma interpolated linearly over the entry's positions (first and last level kept)."""

@@ -205,8 +205,6 @@ def test_eight_and_nine_calls_on_digit_means_keep_the_ten_level_bottom():
     resampled (samplers._TUNED["high"], bottom 0.048) +1.82 and +0.93 (10 calls: +0.28)."""
     from sklearn.datasets import load_digits
 
-    from difflab import samplers as S
-
     digits = load_digits()
     x, y = digits.data / 8.0 - 1.0, digits.target
     mu = torch.tensor(np.stack([x[y == c].mean(0) for c in range(10)]))
@@ -214,7 +212,7 @@ def test_eight_and_nine_calls_on_digit_means_keep_the_ten_level_bottom():
     gaussian_tuned = {8: [9.39, 2.925, 0.7969, 0.2853, 0.09808, 0.05189, 0.02157],
                       9: [15.72, 4.147, 1.177, 0.3851, 0.1484, 0.06093, 0.03287, 0.01595]}
     runs = {f"{kind}@{nfe}": ("auto", nfe, {} if kind == "now" else
-                              {"grid": S._ab_of_sigma(torch.tensor([S_MAX, *lv], dtype=torch.float64))})
+                              {"grid": 1 / (1 + torch.tensor([S_MAX, *lv], dtype=torch.float64) ** 2)})
             for nfe, lv in gaussian_tuned.items() for kind in ("now", "gaussian-tuned")}
     err = errors_to_the_exact_map(gm, 2000, 1, runs)
     assert err["now@9"] < 1.5 and err["gaussian-tuned@9"] > 2.0, err
