@@ -78,10 +78,7 @@ def run(label: str, args: tuple) -> dict:
     for nfe in NFES:
         for far in (False, True):
             x = difflab.sample(gm.fast_denoiser(B.SCHED), noise, "auto", nfe=nfe, far_modes=far)
-            sw, gap = judge(x)
-            out["rows"][f"{'on' if far else 'off'}@{nfe}"] = {
-                "sw2": sw, "gap": gap, "dgap": gap - map_gap, "moved": V.to_map(gm, judge, x, ref)["mode_tv"],
-                "pass": sw < best["sw2"][0] and abs(gap) < best["gap"][0]}
+            out["rows"][f"{'on' if far else 'off'}@{nfe}"] = F.scored_row(gm, judge, x, ref, map_gap, best, "moved")
     return out
 
 

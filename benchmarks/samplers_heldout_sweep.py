@@ -59,10 +59,8 @@ def run(dim: int, scale: float, lo: float, hi: float, seed: int) -> dict:
         best = F.best_diffusers(fast, judge, noise, nfe)
         sw, gap = judge(difflab.sample(gm.fast_denoiser(B.SCHED), noise, "auto", nfe=nfe))
         out["rows"][nfe] = {"sw2": sw, "gap": gap, "dgap": gap - map_gap,
-                            "pass": sw < best["sw2"][0] and abs(gap) < best["gap"][0],
-                            "map_pass": map_sw < best["sw2"][0] and abs(map_gap) < best["gap"][0],
-                            "diffusers": {"sw2": best["sw2"][0], "sw2_by": best["sw2"][1],
-                                          "abs_gap": best["gap"][0], "gap_by": best["gap"][1]}}
+                            "pass": F.beats_best(sw, gap, best), "map_pass": F.beats_best(map_sw, map_gap, best),
+                            "diffusers": F.best_row(best)}
     return out
 
 
